@@ -1,0 +1,267 @@
+//! Building the upstream request, removing hop-by-hop headers, and sending
+//! it over the pooled client with the body streamed both ways.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::policy::Verdict;
+
+/// Where a route forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    Http(HttpUpstream),
+    /// The built-in demo upstream, which answers from the injected headers
+    /// (these two; the route's jwt policy sets their names).
+    Demo {
+        subject_header: HeaderName,
+        scopes_header: HeaderName,
+    },
+}
+
+/// `http://host:port/base`, parsed once at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUpstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Without a trailing `/`; empty for none.
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        if text == "demo" {
+            return Ok(Upstream::Demo {
+                subject_header: HeaderName::from_static("x-auth-subject"),
+                scopes_header: HeaderName::from_static("x-auth-scopes"),
+            });
+        }
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => {
+                return Err(format!(
+                    "`{text}`: https upstreams are not supported by this build yet (use http://)"
+                ))
+            }
+            _ => return Err(format!("`{text}` must be an http:// URL or `demo`")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{text}` must not carry credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("`{text}` must not have a query string"));
+        }
+        Ok(Upstream::Http(HttpUpstream {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+        }))
+    }
+}
+
+/// The pooled keep-alive client shared by every route.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+pub fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// RFC 9110 §7.6.1 hop-by-hop headers, always removed in both directions,
+/// along with every header the `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// What the gateway knows of the client, for `X-Forwarded-*`.
+pub struct ClientInfo<'a> {
+    pub peer: SocketAddr,
+    /// `http` or `https` on the public listener.
+    pub proto: &'static str,
+    /// The client's `Host` (with port), if it sent one.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Turns the client's request into the upstream's: hop-by-hop headers
+/// removed, then `Authorization` (unless forwarded), then the identity
+/// headers injected *after* removal, so a `Connection:` header naming them
+/// cannot drop them.
+pub fn upstream_request(
+    mut request: Request<Body>,
+    target: Option<&HttpUpstream>,
+    path: &str,
+    verdict: Verdict,
+    client: &ClientInfo<'_>,
+) -> Result<Request<Body>, GatewayError> {
+    let query = request.uri().query().map(str::to_owned);
+    let headers = request.headers_mut();
+    remove_hop_by_hop(headers);
+    if !verdict.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let xff = forwarded_for(headers, client.peer);
+    headers.insert(HeaderName::from_static("x-forwarded-for"), xff);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(client.proto),
+    );
+    match client.host {
+        Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone()),
+        None => headers.remove(HeaderName::from_static("x-forwarded-host")),
+    };
+    for (name, value) in verdict.inject {
+        headers.insert(name, value);
+    }
+
+    let base = target.map_or("", |t| t.base_path.as_str());
+    let path_and_query = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let path_and_query: PathAndQuery = path_and_query
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    let mut uri = Uri::builder().path_and_query(path_and_query);
+    if let Some(target) = target {
+        uri = uri
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone());
+        let host = HeaderValue::from_str(target.authority.as_str())
+            .map_err(|_| GatewayError::UpstreamConnect)?;
+        request.headers_mut().insert(HOST, host);
+    }
+    *request.uri_mut() = uri
+        .build()
+        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+    *request.version_mut() = Version::HTTP_11;
+    Ok(request)
+}
+
+/// The client's `X-Forwarded-For` (all copies, comma-joined) with the peer
+/// appended. The gateway itself never acts on the client's value.
+fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
+    let mut parts: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let peer_ip = peer.ip().to_string();
+    parts.push(&peer_ip);
+    HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from(0))
+}
+
+/// Sends the request; `upstream_timeout` covers connecting and waiting for
+/// the response head, not the streaming of the body. `body_exceeded` is the
+/// flag of the request's [`crate::body::LimitedBody`].
+pub async fn send(
+    client: &UpstreamClient,
+    request: Request<Body>,
+    timeout: Duration,
+    body_exceeded: &Arc<AtomicBool>,
+) -> Result<Response<Body>, GatewayError> {
+    let result = tokio::time::timeout(timeout, client.request(request)).await;
+    let response = match result {
+        Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
+        Ok(Err(_)) if body_exceeded.load(Ordering::SeqCst) => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(error)) => return Err(classify(&error)),
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+}
+
+/// Maps a client error to connect / reset / protocol.
+fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
+    if error.is_connect() {
+        return GatewayError::UpstreamConnect;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_parse() || hyper_error.is_parse_status() || hyper_error.is_user() {
+                return GatewayError::UpstreamProtocol;
+            }
+        }
+        source = cause.source();
+    }
+    GatewayError::UpstreamReset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls_parse_with_base_paths() {
+        let Upstream::Http(u) = Upstream::parse("http://127.0.0.1:3000/api/v1/").unwrap() else {
+            panic!("not http")
+        };
+        assert_eq!(u.authority.as_str(), "127.0.0.1:3000");
+        assert_eq!(u.base_path, "/api/v1");
+        assert!(matches!(Upstream::parse("demo").unwrap(), Upstream::Demo { .. }));
+        assert!(Upstream::parse("ftp://x").is_err());
+        assert!(Upstream::parse("http://u:p@x").is_err());
+        assert!(Upstream::parse("/relative").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        headers.insert("upgrade", HeaderValue::from_static("websocket"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,272 @@
+//! `handle(request)`: load the snapshot once, check the request's shape,
+//! serve the token endpoint and discovery documents, route, run the policy
+//! chain, forward. Any `Err` becomes a response in `error.rs`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderName, Method, Request, Response};
+use http_body_util::BodyExt;
+
+use crate::body::{full, Body, LimitedBody};
+use crate::error::GatewayError;
+use crate::forward::{self, ClientInfo, Upstream};
+use crate::policy::{PolicyInput, Verdict};
+use crate::router;
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+use crate::token::discovery::{JWKS_PATH, METADATA_PATH};
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How the request reached the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// `http` or `https`.
+    pub proto: &'static str,
+}
+
+/// Handles one request end to end; never fails (errors are responses).
+pub async fn handle(runtime: &Runtime, mut request: Request<Body>, connection: Connection) -> Response<Body> {
+    let started = Instant::now();
+    let snapshot = runtime.snapshot();
+    let request_id = request_id(request.headers());
+    request.headers_mut().insert(REQUEST_ID, request_id.clone());
+    let method = request.method().clone();
+
+    let outcome = route_and_forward(runtime, &snapshot, request, connection).await;
+    let (route, mut response, subject) = match outcome {
+        Ok((route, response, subject)) => (route, response, subject),
+        Err((route, error)) => {
+            let reason = error.auth_failure().map(|r| r.as_str());
+            tracing::debug!(route, reason, error = ?error, "request refused");
+            (route, error.into_response(), None)
+        }
+    };
+    response.headers_mut().insert(REQUEST_ID, request_id.clone());
+    tracing::info!(
+        target: "jwtgate::access",
+        route,
+        method = %method,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        subject = subject.as_deref(),
+        request_id = request_id.to_str().unwrap_or(""),
+        peer = %connection.peer,
+    );
+    response
+}
+
+/// The route name (`none` when nothing matched, `token` for the token
+/// endpoint), and the response with the verified subject, or the error.
+type Outcome<'s> = Result<(&'s str, Response<Body>, Option<String>), (&'s str, GatewayError)>;
+
+async fn route_and_forward<'s>(
+    runtime: &Runtime,
+    snapshot: &'s Snapshot,
+    mut request: Request<Body>,
+    connection: Connection,
+) -> Outcome<'s> {
+    if let Err(e) = check_head_limits(request.headers(), snapshot) {
+        return unrouted_error(e);
+    }
+    if let Err(why) = router::check_normal_form(request.uri().path()) {
+        return unrouted_error(GatewayError::BadRequest(why));
+    }
+    let host_header = match single_host(request.headers()) {
+        Ok(host) => host.cloned(),
+        Err(e) => return unrouted_error(e),
+    };
+    let host = host_header
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .map(router::host_for_matching);
+    let path = request.uri().path().to_owned();
+    let now = unix_now();
+
+    if let Some(endpoint) = &snapshot.token_endpoint {
+        if path == endpoint.path {
+            return match endpoint.handle(request, now).await {
+                Ok(response) => Ok(("token", response, None)),
+                Err(e) => Err(("token", e)),
+            };
+        }
+    }
+    if path == JWKS_PATH {
+        return well_known(request.method(), Some(&snapshot.jwks_document));
+    }
+    if path == METADATA_PATH {
+        return well_known(request.method(), snapshot.metadata_document.as_ref());
+    }
+
+    let Some(route) = router::find(&snapshot.routes, host.as_deref(), request.method(), &path) else {
+        return unrouted_error(GatewayError::NoRoute);
+    };
+    let name = route.name.as_str();
+    strip_identity_headers(request.headers_mut(), &snapshot.injected_headers);
+
+    let mut verdict = Verdict::default();
+    let input = PolicyInput {
+        headers: request.headers(),
+        keys: &snapshot.keys,
+        now,
+    };
+    for policy in &route.policies {
+        if let Err(e) = policy.apply(&input, &mut verdict) {
+            return Err((name, e));
+        }
+    }
+    let subject = verdict.subject.clone();
+
+    let limit = snapshot.limits.max_body_bytes;
+    if declared_length(request.headers()).is_some_and(|len| len > limit) {
+        return Err((name, GatewayError::BodyTooLarge));
+    }
+    let client = ClientInfo {
+        peer: connection.peer,
+        proto: connection.proto,
+        host: host_header.as_ref(),
+    };
+    let target_path = if route.strip_prefix { route.matcher.strip(&path) } else { &path };
+    let (request, exceeded) = limit_body(request, limit);
+    let target = match &route.upstream {
+        Upstream::Http(target) => Some(target),
+        Upstream::Demo { .. } => None,
+    };
+    let upstream_request = match forward::upstream_request(request, target, target_path, verdict, &client) {
+        Ok(r) => r,
+        Err(e) => return Err((name, e)),
+    };
+    let response = match &route.upstream {
+        Upstream::Http(_) => {
+            forward::send(&runtime.client, upstream_request, snapshot.limits.upstream_timeout.0, &exceeded).await
+        }
+        Upstream::Demo { subject_header, scopes_header } => {
+            Ok(crate::demo::respond(&upstream_request, subject_header, scopes_header))
+        }
+    };
+    match response {
+        Ok(response) => Ok((name, response, subject)),
+        Err(e) => Err((name, e)),
+    }
+}
+
+fn unrouted_error(error: GatewayError) -> Outcome<'static> {
+    Err(("none", error))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(REQUEST_ID).iter();
+    if let (Some(value), None) = (values.next(), values.next()) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return value.clone();
+        }
+    }
+    crate::token::mint::random_id()
+        .ok()
+        .and_then(|id| HeaderValue::from_str(&id).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unavailable"))
+}
+
+/// `limits.max_header_bytes` and `limits.max_headers`, counted as on the wire.
+fn check_head_limits(headers: &HeaderMap, snapshot: &Snapshot) -> Result<(), GatewayError> {
+    if headers.len() > snapshot.limits.max_headers {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if bytes > snapshot.limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// At most one `Host` header.
+fn single_host(headers: &HeaderMap) -> Result<Option<&HeaderValue>, GatewayError> {
+    let mut hosts = headers.get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("several Host headers"));
+    }
+    Ok(first)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Removes every header the gateway injects on any route, also when spelt
+/// with `_` for `-` (some upstream frameworks treat the two alike).
+pub fn strip_identity_headers(headers: &mut HeaderMap, injected: &[HeaderName]) {
+    let same = |a: &str, b: &str| {
+        a.len() == b.len()
+            && a.bytes().zip(b.bytes()).all(|(x, y)| x == y || (x == b'_' && y == b'-'))
+    };
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| injected.iter().any(|i| same(name.as_str(), i.as_str())))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+}
+
+fn limit_body(request: Request<Body>, limit: u64) -> (Request<Body>, Arc<AtomicBool>) {
+    let (parts, body) = request.into_parts();
+    let (limited, exceeded) = LimitedBody::new(body, limit);
+    (Request::from_parts(parts, limited.boxed()), exceeded)
+}
+
+fn well_known(method: &Method, document: Option<&bytes::Bytes>) -> Outcome<'static> {
+    if method != Method::GET && method != Method::HEAD {
+        return Err(("none", GatewayError::WellKnownMethodNotAllowed));
+    }
+    let Some(document) = document else {
+        return Err(("none", GatewayError::NoRoute));
+    };
+    let mut response = Response::new(full(document.clone()));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    Ok(("none", response, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_headers_are_stripped_in_any_spelling() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-auth-subject", HeaderValue::from_static("admin"));
+        headers.insert("x_auth_subject", HeaderValue::from_static("admin"));
+        headers.insert("x-auth_scopes", HeaderValue::from_static("all"));
+        headers.insert("x-other", HeaderValue::from_static("1"));
+        strip_identity_headers(
+            &mut headers,
+            &[HeaderName::from_static("x-auth-subject"), HeaderName::from_static("x-auth-scopes")],
+        );
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-other"));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 22);
+    }
+}

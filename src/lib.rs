@@ -1,0 +1,21 @@
+//! jwtgate: a JWT-enforcing API gateway with a built-in OAuth2
+//! client-credentials token endpoint.
+//!
+//! Data path: `server → gateway::handle → runtime.snapshot() → router →
+//! [policy.apply …] → forward → response`; any error becomes a response in
+//! `error.rs`. See `STYLE.md` in the shared folder for the layout.
+
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod jws;
+pub mod keys;
+pub mod policy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod snapshot;
+pub mod token;

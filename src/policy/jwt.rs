@@ -1,0 +1,202 @@
+//! `jwt:` — bearer-token enforcement (RFC 6750) with the pipeline of
+//! [`crate::jws`].
+
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::{PolicyInput, Verdict};
+use crate::config::JwtPolicyConfig;
+use crate::error::GatewayError;
+use crate::jws::{self, AuthFailure, ClaimRules, Rejection};
+
+/// A compiled `jwt:` step.
+#[derive(Debug)]
+pub struct JwtPolicy {
+    rules: ClaimRules,
+    required_scopes: Vec<String>,
+    /// `required_scopes` space-joined, for the 403 challenge.
+    required_scopes_text: String,
+    forward_token: bool,
+    subject_header: HeaderName,
+    scopes_header: HeaderName,
+    /// Claim name → header, in config order.
+    claim_headers: Vec<(String, HeaderName)>,
+}
+
+impl JwtPolicy {
+    /// Compiles the config; `Err` names the offending field relative to the
+    /// policy (`inject.subject`, …).
+    pub fn build(config: &JwtPolicyConfig) -> Result<JwtPolicy, (String, String)> {
+        let audiences = config.audience.clone().into_vec();
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            return Err(("audience".into(), "must name at least one non-empty audience".into()));
+        }
+        for scope in &config.scopes {
+            if scope.is_empty() || scope.contains(char::is_whitespace) || !jws::is_header_safe(scope) {
+                return Err(("scopes".into(), format!("`{scope}` is not a valid scope token")));
+            }
+        }
+        let header = |field: &str, name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| (field.to_owned(), format!("`{name}` is not a valid header name")))
+        };
+        let subject_header = header("inject.subject", &config.inject.subject)?;
+        let scopes_header = header("inject.scopes", &config.inject.scopes)?;
+        let mut claim_headers = Vec::new();
+        for (claim, name) in &config.inject.claims {
+            claim_headers.push((claim.clone(), header(&format!("inject.claims.{claim}"), name)?));
+        }
+        let mut all: Vec<&HeaderName> = vec![&subject_header, &scopes_header];
+        all.extend(claim_headers.iter().map(|(_, h)| h));
+        for (i, name) in all.iter().enumerate() {
+            if is_reserved(name) {
+                return Err(("inject".into(), format!("`{name}` cannot be injected (a protocol or gateway header)")));
+            }
+            if all[..i].contains(name) {
+                return Err(("inject".into(), format!("`{name}` is injected twice")));
+            }
+        }
+        Ok(JwtPolicy {
+            rules: ClaimRules {
+                audiences,
+                issuer: config.issuer.clone(),
+                leeway_secs: config.leeway.0.as_secs(),
+                typ: config.typ.as_deref().map(jws::normalise_typ),
+                scope_claim: config.scope_claim.clone(),
+            },
+            required_scopes_text: config.scopes.join(" "),
+            required_scopes: config.scopes.clone(),
+            forward_token: config.forward_token,
+            subject_header,
+            scopes_header,
+            claim_headers,
+        })
+    }
+
+    pub fn subject_header(&self) -> &HeaderName {
+        &self.subject_header
+    }
+
+    pub fn scopes_header(&self) -> &HeaderName {
+        &self.scopes_header
+    }
+
+    pub fn injected_headers(&self) -> Vec<HeaderName> {
+        let mut names = vec![self.subject_header.clone(), self.scopes_header.clone()];
+        names.extend(self.claim_headers.iter().map(|(_, h)| h.clone()));
+        names
+    }
+
+    /// Runs when the route is matched, before forwarding: extract the bearer
+    /// token, verify it, check the scopes, and record the identity headers.
+    pub fn apply(&self, input: &PolicyInput<'_>, verdict: &mut Verdict) -> Result<(), GatewayError> {
+        let token = bearer_token(input)?;
+        let parsed = jws::parse(token).map_err(GatewayError::InvalidToken)?;
+        let verifier = jws::select_key(&parsed, input.keys).map_err(GatewayError::InvalidToken)?;
+        jws::check_signature(&parsed, verifier).map_err(GatewayError::InvalidToken)?;
+        let identity = jws::check_claims(&parsed, &self.rules, input.now).map_err(GatewayError::InvalidToken)?;
+        if !self.required_scopes.iter().all(|s| identity.scopes.contains(s)) {
+            return Err(GatewayError::InsufficientScope {
+                required: self.required_scopes_text.clone(),
+            });
+        }
+
+        let invalid_claims = || {
+            GatewayError::InvalidToken(Rejection {
+                reason: AuthFailure::InvalidClaims,
+                description: "token claims cannot be forwarded",
+            })
+        };
+        if let Some(subject) = &identity.subject {
+            let value = HeaderValue::from_str(subject).map_err(|_| invalid_claims())?;
+            verdict.inject.push((self.subject_header.clone(), value));
+        }
+        let scopes = HeaderValue::from_str(&identity.scopes.join(" ")).map_err(|_| invalid_claims())?;
+        verdict.inject.push((self.scopes_header.clone(), scopes));
+        for (claim, header) in &self.claim_headers {
+            let text = match parsed.claims.get(claim) {
+                Some(Value::String(s)) if jws::is_header_safe(s) => s.clone(),
+                Some(Value::String(_)) => return Err(invalid_claims()),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::Bool(b)) => b.to_string(),
+                // Absent, null, arrays and objects are not forwarded.
+                _ => continue,
+            };
+            let value = HeaderValue::from_str(&text).map_err(|_| invalid_claims())?;
+            verdict.inject.push((header.clone(), value));
+        }
+        verdict.forward_authorization |= self.forward_token;
+        verdict.subject = identity.subject;
+        Ok(())
+    }
+}
+
+/// Headers that must never be overwritten by an identity injection.
+fn is_reserved(name: &HeaderName) -> bool {
+    const RESERVED: [&str; 14] = [
+        "host", "authorization", "content-length", "content-type", "transfer-encoding", "connection",
+        "te", "upgrade", "trailer", "keep-alive", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "x-request-id",
+    ];
+    RESERVED.contains(&name.as_str())
+}
+
+/// RFC 6750 §2.1: exactly one `Authorization: Bearer <token>`; the scheme is
+/// case-insensitive and may be followed by one or more spaces. A token in the
+/// query, a form body or a cookie is not looked at.
+fn bearer_token<'h>(input: &PolicyInput<'h>) -> Result<&'h str, GatewayError> {
+    let mut values = input.headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(GatewayError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::MalformedAuthorization("several Authorization headers"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| GatewayError::MalformedAuthorization("Authorization header is not ASCII"))?;
+    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(GatewayError::MalformedAuthorization("Authorization header is not Bearer <token>"));
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(GatewayError::MalformedAuthorization("bearer token is empty"));
+    }
+    if token.contains([' ', '\t']) {
+        return Err(GatewayError::MalformedAuthorization("Authorization header is not Bearer <token>"));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeySet;
+    use http::HeaderMap;
+
+    fn token_from(headers: &[&str]) -> Result<String, GatewayError> {
+        let mut map = HeaderMap::new();
+        for h in headers {
+            map.append(AUTHORIZATION, HeaderValue::from_str(h).unwrap());
+        }
+        let keys = KeySet::default();
+        let input = PolicyInput {
+            headers: &map,
+            keys: &keys,
+            now: 0,
+        };
+        bearer_token(&input).map(str::to_owned)
+    }
+
+    #[test]
+    fn bearer_extraction_follows_rfc_6750() {
+        assert_eq!(token_from(&["Bearer abc"]), Ok("abc".into()));
+        assert_eq!(token_from(&["bEaReR    abc"]), Ok("abc".into()));
+        assert_eq!(token_from(&[]), Err(GatewayError::MissingToken));
+        for bad in [&["Bearer"][..], &["Bearer "], &["Basic abc"], &["Bearerabc"], &["Bearer a b"], &["Bearer a", "Bearer b"]] {
+            assert!(matches!(token_from(bad), Err(GatewayError::MalformedAuthorization(_))), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The per-route policy chain. Each kind is one file with its config
+//! compilation, its `apply` and its tests; adding a kind means one file and
+//! one enum arm here.
+
+pub mod jwt;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::error::GatewayError;
+use crate::keys::KeySet;
+
+/// One built step of a route's chain.
+#[derive(Debug)]
+pub enum Policy {
+    Jwt(jwt::JwtPolicy),
+}
+
+/// What a policy reads: the request as received (identity headers already
+/// stripped), the snapshot's keys and the time.
+pub struct PolicyInput<'a> {
+    pub headers: &'a HeaderMap,
+    pub keys: &'a KeySet,
+    /// Seconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// What the chain decided, applied by the forwarder after hop-by-hop removal.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Headers the gateway vouches for, set on the upstream request.
+    pub inject: Vec<(HeaderName, HeaderValue)>,
+    /// `Authorization` is forwarded only when a policy asks for it.
+    pub forward_authorization: bool,
+    /// The verified subject, for the access log.
+    pub subject: Option<String>,
+}
+
+impl Policy {
+    /// Runs this step. `Err` answers the request instead of forwarding it.
+    pub fn apply(&self, input: &PolicyInput<'_>, verdict: &mut Verdict) -> Result<(), GatewayError> {
+        match self {
+            Policy::Jwt(policy) => policy.apply(input, verdict),
+        }
+    }
+
+    /// Every header name this step may inject (stripped from all requests).
+    pub fn injected_headers(&self) -> Vec<HeaderName> {
+        match self {
+            Policy::Jwt(policy) => policy.injected_headers(),
+        }
+    }
+}
