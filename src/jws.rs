@@ -412,7 +412,8 @@ mod tests {
         assert_eq!(reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","crit":["exp"]}"#))), AuthFailure::Malformed);
         assert_eq!(reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","kid":7}"#))), AuthFailure::Malformed);
         assert_eq!(reason(&"a".repeat(MAX_TOKEN_BYTES + 1)), AuthFailure::Malformed);
-        let ok = parse(&format!("{h}.{p}.AAAA")).unwrap();
+        let text = format!("{h}.{p}.AAAA");
+        let ok = parse(&text).unwrap();
         assert_eq!(ok.alg, "RS256");
         assert_eq!(ok.signing_input, format!("{h}.{p}"));
     }
