@@ -18,7 +18,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -128,14 +130,22 @@ mod tests {
 
     #[tokio::test]
     async fn limited_body_fails_past_the_limit_and_says_so() {
-        let chunks = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"12345"))), Ok(Frame::data(Bytes::from_static(b"678")))];
+        let chunks = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"12345"))),
+            Ok(Frame::data(Bytes::from_static(b"678"))),
+        ];
         let (body, exceeded) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
         assert!(body.collect().await.is_err());
         assert!(exceeded.load(Ordering::SeqCst));
 
-        let chunks = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"1234567")))];
+        let chunks = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(
+            b"1234567",
+        )))];
         let (body, exceeded) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
-        assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"1234567"));
+        assert_eq!(
+            body.collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"1234567")
+        );
         assert!(!exceeded.load(Ordering::SeqCst));
     }
 

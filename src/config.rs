@@ -266,7 +266,9 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 f.write_str("a duration such as 300s, 5m or 1h")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ConfigDuration, E> {
-                ConfigDuration::parse(v).map(ConfigDuration).map_err(E::custom)
+                ConfigDuration::parse(v)
+                    .map(ConfigDuration)
+                    .map_err(E::custom)
             }
         }
         deserializer.deserialize_str(Visitor)
@@ -370,9 +372,16 @@ mod tests {
         assert_eq!(ConfigDuration::parse("300s"), Ok(Duration::from_secs(300)));
         assert_eq!(ConfigDuration::parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(ConfigDuration::parse("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(ConfigDuration::parse("250ms"), Ok(Duration::from_millis(250)));
-        assert!(ConfigDuration::parse("300").unwrap_err().contains("no unit"));
-        assert!(ConfigDuration::parse("3y").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            ConfigDuration::parse("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(ConfigDuration::parse("300")
+            .unwrap_err()
+            .contains("no unit"));
+        assert!(ConfigDuration::parse("3y")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(ConfigDuration::parse("s").is_err());
     }
 
@@ -384,7 +393,10 @@ mod tests {
                 .to_owned(),
         };
         let error = source.parse().unwrap_err().to_string();
-        assert!(error.starts_with("/etc/jwtgate/gw.yaml: routes[0].match: unknown field `path_prefx`"), "{error}");
+        assert!(
+            error.starts_with("/etc/jwtgate/gw.yaml: routes[0].match: unknown field `path_prefx`"),
+            "{error}"
+        );
         assert!(error.contains("line 3"), "{error}");
     }
 

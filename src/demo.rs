@@ -8,8 +8,17 @@ use crate::body::{full, Body};
 
 /// `{"client": <subject header>, "scopes": <scopes header>}` (JSON `null`
 /// for a header that was not injected).
-pub fn respond(request: &Request<Body>, subject_header: &HeaderName, scopes_header: &HeaderName) -> Response<Body> {
-    let text = |headers: &HeaderMap, name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+pub fn respond(
+    request: &Request<Body>,
+    subject_header: &HeaderName,
+    scopes_header: &HeaderName,
+) -> Response<Body> {
+    let text = |headers: &HeaderMap, name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let body = json!({
         "client": text(request.headers(), subject_header),
         "scopes": text(request.headers(), scopes_header),

@@ -2,7 +2,9 @@
 //! place ([`GatewayError::into_response`]) that picks its status,
 //! `WWW-Authenticate` challenge and JSON body.
 
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use serde_json::json;
 
@@ -51,7 +53,9 @@ pub enum GatewayError {
     /// The token was refused (bad signature, expired, wrong audience, …).
     InvalidToken(Rejection),
     /// A valid token without every scope the route requires.
-    InsufficientScope { required: String },
+    InsufficientScope {
+        required: String,
+    },
     UpstreamConnect,
     UpstreamTimeout,
     UpstreamReset,
@@ -64,7 +68,9 @@ pub enum GatewayError {
     /// The token endpoint asked for with another method than POST.
     TokenMethodNotAllowed,
     /// Too many failed client authentications; retry after this many seconds.
-    Throttled { retry_after_secs: u64 },
+    Throttled {
+        retry_after_secs: u64,
+    },
 }
 
 impl GatewayError {
@@ -81,9 +87,9 @@ impl GatewayError {
             GatewayError::MalformedAuthorization(_) => StatusCode::BAD_REQUEST,
             GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             GatewayError::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            GatewayError::UpstreamConnect | GatewayError::UpstreamReset | GatewayError::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            GatewayError::UpstreamConnect
+            | GatewayError::UpstreamReset
+            | GatewayError::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::OAuth { code, .. } => match code {
                 OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
@@ -101,19 +107,35 @@ impl GatewayError {
             GatewayError::NoRoute => ("not_found", "no route matches this request"),
             GatewayError::BadRequest(why) => ("invalid_request", why),
             GatewayError::WellKnownMethodNotAllowed => ("method_not_allowed", "use GET or HEAD"),
-            GatewayError::HeadersTooLarge => ("request_header_fields_too_large", "request headers exceed the configured limit"),
-            GatewayError::BodyTooLarge => ("payload_too_large", "request body exceeds the configured limit"),
+            GatewayError::HeadersTooLarge => (
+                "request_header_fields_too_large",
+                "request headers exceed the configured limit",
+            ),
+            GatewayError::BodyTooLarge => (
+                "payload_too_large",
+                "request body exceeds the configured limit",
+            ),
             GatewayError::MissingToken => ("missing_token", "a bearer token is required"),
             GatewayError::MalformedAuthorization(why) => ("invalid_request", why),
             GatewayError::InvalidToken(rejection) => ("invalid_token", rejection.description),
-            GatewayError::InsufficientScope { .. } => ("insufficient_scope", "the token lacks a required scope"),
+            GatewayError::InsufficientScope { .. } => {
+                ("insufficient_scope", "the token lacks a required scope")
+            }
             GatewayError::UpstreamConnect => ("bad_gateway", "the upstream could not be reached"),
             GatewayError::UpstreamReset => ("bad_gateway", "the upstream closed the connection"),
-            GatewayError::UpstreamProtocol => ("bad_gateway", "the upstream sent an invalid response"),
-            GatewayError::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
+            GatewayError::UpstreamProtocol => {
+                ("bad_gateway", "the upstream sent an invalid response")
+            }
+            GatewayError::UpstreamTimeout => {
+                ("gateway_timeout", "the upstream did not answer in time")
+            }
             GatewayError::OAuth { code, description } => (code.as_str(), description),
-            GatewayError::TokenMethodNotAllowed => ("invalid_request", "the token endpoint accepts POST only"),
-            GatewayError::Throttled { .. } => ("slow_down", "too many failed authentications; retry later"),
+            GatewayError::TokenMethodNotAllowed => {
+                ("invalid_request", "the token endpoint accepts POST only")
+            }
+            GatewayError::Throttled { .. } => {
+                ("slow_down", "too many failed authentications; retry later")
+            }
         }
     }
 
@@ -246,10 +268,17 @@ mod tests {
             let label = format!("{error:?}");
             let response = error.into_response();
             assert_eq!(response.status().as_u16(), status, "{label}");
-            assert_eq!(response.headers()[CONTENT_TYPE], "application/json", "{label}");
+            assert_eq!(
+                response.headers()[CONTENT_TYPE],
+                "application/json",
+                "{label}"
+            );
             assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{label}");
             assert_eq!(
-                response.headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap()),
+                response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .map(|v| v.to_str().unwrap()),
                 challenge,
                 "{label}"
             );

@@ -208,13 +208,18 @@ pub async fn send(
     let result = tokio::time::timeout(timeout, client.request(request)).await;
     let response = match result {
         Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(_)) if body_exceeded.load(Ordering::SeqCst) => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(_)) if body_exceeded.load(Ordering::SeqCst) => {
+            return Err(GatewayError::BodyTooLarge)
+        }
         Ok(Err(error)) => return Err(classify(&error)),
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(Into::into).boxed()))
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
 }
 
 /// Maps a client error to connect / reset / protocol.
@@ -245,7 +250,10 @@ mod tests {
         };
         assert_eq!(u.authority.as_str(), "127.0.0.1:3000");
         assert_eq!(u.base_path, "/api/v1");
-        assert!(matches!(Upstream::parse("demo").unwrap(), Upstream::Demo { .. }));
+        assert!(matches!(
+            Upstream::parse("demo").unwrap(),
+            Upstream::Demo { .. }
+        ));
         assert!(Upstream::parse("ftp://x").is_err());
         assert!(Upstream::parse("http://u:p@x").is_err());
         assert!(Upstream::parse("/relative").is_err());

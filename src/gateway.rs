@@ -31,7 +31,11 @@ pub struct Connection {
 }
 
 /// Handles one request end to end; never fails (errors are responses).
-pub async fn handle(runtime: &Runtime, mut request: Request<Body>, connection: Connection) -> Response<Body> {
+pub async fn handle(
+    runtime: &Runtime,
+    mut request: Request<Body>,
+    connection: Connection,
+) -> Response<Body> {
     let started = Instant::now();
     let snapshot = runtime.snapshot();
     let request_id = request_id(request.headers());
@@ -47,7 +51,9 @@ pub async fn handle(runtime: &Runtime, mut request: Request<Body>, connection: C
             (route, error.into_response(), None)
         }
     };
-    response.headers_mut().insert(REQUEST_ID, request_id.clone());
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
     tracing::info!(
         target: "jwtgate::access",
         route,
@@ -104,7 +110,8 @@ async fn route_and_forward<'s>(
         return well_known(request.method(), snapshot.metadata_document.as_ref());
     }
 
-    let Some(route) = router::find(&snapshot.routes, host.as_deref(), request.method(), &path) else {
+    let Some(route) = router::find(&snapshot.routes, host.as_deref(), request.method(), &path)
+    else {
         return unrouted_error(GatewayError::NoRoute);
     };
     let name = route.name.as_str();
@@ -132,23 +139,39 @@ async fn route_and_forward<'s>(
         proto: connection.proto,
         host: host_header.as_ref(),
     };
-    let target_path = if route.strip_prefix { route.matcher.strip(&path) } else { &path };
+    let target_path = if route.strip_prefix {
+        route.matcher.strip(&path)
+    } else {
+        &path
+    };
     let (request, exceeded) = limit_body(request, limit);
     let target = match &route.upstream {
         Upstream::Http(target) => Some(target),
         Upstream::Demo { .. } => None,
     };
-    let upstream_request = match forward::upstream_request(request, target, target_path, verdict, &client) {
-        Ok(r) => r,
-        Err(e) => return Err((name, e)),
-    };
+    let upstream_request =
+        match forward::upstream_request(request, target, target_path, verdict, &client) {
+            Ok(r) => r,
+            Err(e) => return Err((name, e)),
+        };
     let response = match &route.upstream {
         Upstream::Http(_) => {
-            forward::send(&runtime.client, upstream_request, snapshot.limits.upstream_timeout.0, &exceeded).await
+            forward::send(
+                &runtime.client,
+                upstream_request,
+                snapshot.limits.upstream_timeout.0,
+                &exceeded,
+            )
+            .await
         }
-        Upstream::Demo { subject_header, scopes_header } => {
-            Ok(crate::demo::respond(&upstream_request, subject_header, scopes_header))
-        }
+        Upstream::Demo {
+            subject_header,
+            scopes_header,
+        } => Ok(crate::demo::respond(
+            &upstream_request,
+            subject_header,
+            scopes_header,
+        )),
     };
     match response {
         Ok(response) => Ok((name, response, subject)),
@@ -161,7 +184,9 @@ fn unrouted_error(error: GatewayError) -> Outcome<'static> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh one.
@@ -184,7 +209,10 @@ fn check_head_limits(headers: &HeaderMap, snapshot: &Snapshot) -> Result<(), Gat
     if headers.len() > snapshot.limits.max_headers {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     if bytes > snapshot.limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
@@ -210,7 +238,9 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub fn strip_identity_headers(headers: &mut HeaderMap, injected: &[HeaderName]) {
     let same = |a: &str, b: &str| {
         a.len() == b.len()
-            && a.bytes().zip(b.bytes()).all(|(x, y)| x == y || (x == b'_' && y == b'-'))
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(x, y)| x == y || (x == b'_' && y == b'-'))
     };
     let spoofed: Vec<HeaderName> = headers
         .keys()
@@ -236,8 +266,13 @@ fn well_known(method: &Method, document: Option<&bytes::Bytes>) -> Outcome<'stat
         return Err(("none", GatewayError::NoRoute));
     };
     let mut response = Response::new(full(document.clone()));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     Ok(("none", response, None))
 }
 
@@ -254,7 +289,10 @@ mod tests {
         headers.insert("x-other", HeaderValue::from_static("1"));
         strip_identity_headers(
             &mut headers,
-            &[HeaderName::from_static("x-auth-subject"), HeaderName::from_static("x-auth-scopes")],
+            &[
+                HeaderName::from_static("x-auth-subject"),
+                HeaderName::from_static("x-auth-scopes"),
+            ],
         );
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-other"));

@@ -120,12 +120,18 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
         return reject(Malformed, "token is not a compact JWS (three segments)");
     };
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
-    let header = decode_object(header_b64)
-        .ok_or(Rejection { reason: Malformed, description: "token header is not a base64url JSON object" })?;
-    let claims = decode_object(payload_b64)
-        .ok_or(Rejection { reason: Malformed, description: "token payload is not a base64url JSON object" })?;
-    let signature = decode_segment(signature_b64)
-        .ok_or(Rejection { reason: Malformed, description: "token signature is not base64url" })?;
+    let header = decode_object(header_b64).ok_or(Rejection {
+        reason: Malformed,
+        description: "token header is not a base64url JSON object",
+    })?;
+    let claims = decode_object(payload_b64).ok_or(Rejection {
+        reason: Malformed,
+        description: "token payload is not a base64url JSON object",
+    })?;
+    let signature = decode_segment(signature_b64).ok_or(Rejection {
+        reason: Malformed,
+        description: "token signature is not base64url",
+    })?;
     if signature.is_empty() {
         return reject(AuthFailure::InvalidSignature, "token has no signature");
     }
@@ -136,7 +142,9 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, Rejection> {
     };
     let kid = match header.get("kid") {
         None => None,
-        Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= MAX_KID_BYTES => Some(kid.clone()),
+        Some(Value::String(kid)) if !kid.is_empty() && kid.len() <= MAX_KID_BYTES => {
+            Some(kid.clone())
+        }
         Some(_) => return reject(Malformed, "token kid is not a short non-empty string"),
     };
     let typ = match header.get("typ") {
@@ -169,7 +177,9 @@ fn decode_object(segment: &str) -> Option<Map<String, Value>> {
         return None;
     }
     let bytes = decode_segment(segment)?;
-    serde_json::from_slice::<UniqueObject>(&bytes).ok().map(|o| o.0)
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .ok()
+        .map(|o| o.0)
 }
 
 /// A JSON object that refuses duplicate member names (RFC 8725 §3.11: a
@@ -200,9 +210,15 @@ impl<'de> Deserialize<'de> for UniqueObject {
 }
 
 /// Step 2: the key, by kid, and the algorithm bound to it.
-pub fn select_key<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result<&'k Verifier, Rejection> {
+pub fn select_key<'k>(
+    token: &ParsedToken<'_>,
+    keys: &'k KeySet,
+) -> Result<&'k Verifier, Rejection> {
     let Some(alg) = Algorithm::from_name(&token.alg) else {
-        return reject(AuthFailure::AlgorithmNotAllowed, "token algorithm is not allowed");
+        return reject(
+            AuthFailure::AlgorithmNotAllowed,
+            "token algorithm is not allowed",
+        );
     };
     let verifier = keys.select(token.kid.as_deref()).map_err(|e| Rejection {
         reason: AuthFailure::UnknownKey,
@@ -212,7 +228,10 @@ pub fn select_key<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result<&'k V
         },
     })?;
     if verifier.alg != alg {
-        return reject(AuthFailure::AlgorithmNotAllowed, "token algorithm does not match its key");
+        return reject(
+            AuthFailure::AlgorithmNotAllowed,
+            "token algorithm does not match its key",
+        );
     }
     Ok(verifier)
 }
@@ -258,7 +277,11 @@ pub fn normalise_typ(typ: &str) -> String {
 }
 
 /// Step 4: the claims, at time `now` (seconds since the epoch).
-pub fn check_claims(token: &ParsedToken<'_>, rules: &ClaimRules, now: u64) -> Result<Identity, Rejection> {
+pub fn check_claims(
+    token: &ParsedToken<'_>,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<Identity, Rejection> {
     use AuthFailure::InvalidClaims;
     if let Some(required) = &rules.typ {
         if token.typ.as_deref().map(normalise_typ).as_deref() != Some(required.as_str()) {
@@ -301,13 +324,21 @@ pub fn check_claims(token: &ParsedToken<'_>, rules: &ClaimRules, now: u64) -> Re
             let mut any = false;
             for aud in auds {
                 let Value::String(aud) = aud else {
-                    return reject(InvalidClaims, "token aud is not a string or a list of strings");
+                    return reject(
+                        InvalidClaims,
+                        "token aud is not a string or a list of strings",
+                    );
                 };
                 any |= rules.audiences.iter().any(|a| a == aud);
             }
             any
         }
-        Some(_) => return reject(InvalidClaims, "token aud is not a string or a list of strings"),
+        Some(_) => {
+            return reject(
+                InvalidClaims,
+                "token aud is not a string or a list of strings",
+            )
+        }
     };
     if !audience_matches {
         return reject(AuthFailure::WrongAudience, "token audience is not accepted");
@@ -328,22 +359,33 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
-            _ => reject(AuthFailure::InvalidClaims, "token time claim is out of range"),
+            _ => reject(
+                AuthFailure::InvalidClaims,
+                "token time claim is out of range",
+            ),
         },
-        Some(_) => reject(AuthFailure::InvalidClaims, "token time claim is not a number"),
+        Some(_) => reject(
+            AuthFailure::InvalidClaims,
+            "token time claim is not a number",
+        ),
     }
 }
 
 /// Scopes from the route's `scope_claim`, else the first present of `scopes`,
 /// `scope`, `scp`: a space-separated string or an array of strings.
-fn scopes(claims: &Map<String, Value>, scope_claim: Option<&str>) -> Result<Vec<String>, Rejection> {
+fn scopes(
+    claims: &Map<String, Value>,
+    scope_claim: Option<&str>,
+) -> Result<Vec<String>, Rejection> {
     let invalid = || Rejection {
         reason: AuthFailure::InvalidClaims,
         description: "token scopes are not a string or a list of strings",
     };
     let value = match scope_claim {
         Some(name) => claims.get(name),
-        None => ["scopes", "scope", "scp"].iter().find_map(|name| claims.get(*name)),
+        None => ["scopes", "scope", "scp"]
+            .iter()
+            .find_map(|name| claims.get(*name)),
     };
     let scopes: Vec<String> = match value {
         None => Vec::new(),
@@ -351,7 +393,10 @@ fn scopes(claims: &Map<String, Value>, scope_claim: Option<&str>) -> Result<Vec<
             if !is_header_safe(list) {
                 return Err(invalid());
             }
-            list.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+            list.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
         }
         Some(Value::Array(items)) => {
             let mut total = 0;
@@ -382,7 +427,12 @@ pub fn is_header_safe(text: &str) -> bool {
 }
 
 /// All steps in order, for one token against one key set.
-pub fn verify(token: &str, keys: &KeySet, rules: &ClaimRules, now: u64) -> Result<Identity, Rejection> {
+pub fn verify(
+    token: &str,
+    keys: &KeySet,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<Identity, Rejection> {
     let parsed = parse(token)?;
     let verifier = select_key(&parsed, keys)?;
     check_signature(&parsed, verifier)?;
@@ -407,11 +457,32 @@ mod tests {
         assert_eq!(reason(&format!("{h}.{p}.")), AuthFailure::InvalidSignature);
         assert_eq!(reason(&format!("{h}=.{p}.AAAA")), AuthFailure::Malformed);
         assert_eq!(reason(&format!("{h}.{p}.AA+/")), AuthFailure::Malformed);
-        assert_eq!(reason(&format!("{}.{p}.AAAA", b64("[1]"))), AuthFailure::Malformed);
-        assert_eq!(reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","alg":"none"}"#))), AuthFailure::Malformed);
-        assert_eq!(reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","crit":["exp"]}"#))), AuthFailure::Malformed);
-        assert_eq!(reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","kid":7}"#))), AuthFailure::Malformed);
-        assert_eq!(reason(&"a".repeat(MAX_TOKEN_BYTES + 1)), AuthFailure::Malformed);
+        assert_eq!(
+            reason(&format!("{}.{p}.AAAA", b64("[1]"))),
+            AuthFailure::Malformed
+        );
+        assert_eq!(
+            reason(&format!(
+                "{}.{p}.AAAA",
+                b64(r#"{"alg":"RS256","alg":"none"}"#)
+            )),
+            AuthFailure::Malformed
+        );
+        assert_eq!(
+            reason(&format!(
+                "{}.{p}.AAAA",
+                b64(r#"{"alg":"RS256","crit":["exp"]}"#)
+            )),
+            AuthFailure::Malformed
+        );
+        assert_eq!(
+            reason(&format!("{}.{p}.AAAA", b64(r#"{"alg":"RS256","kid":7}"#))),
+            AuthFailure::Malformed
+        );
+        assert_eq!(
+            reason(&"a".repeat(MAX_TOKEN_BYTES + 1)),
+            AuthFailure::Malformed
+        );
         let text = format!("{h}.{p}.AAAA");
         let ok = parse(&text).unwrap();
         assert_eq!(ok.alg, "RS256");
@@ -429,7 +500,11 @@ mod tests {
     }
 
     fn claims_result(payload: &str, rules: &ClaimRules) -> Result<Identity, AuthFailure> {
-        let token = format!("{}.{}.AAAA", b64(r#"{"alg":"RS256","typ":"at+JWT"}"#), b64(payload));
+        let token = format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","typ":"at+JWT"}"#),
+            b64(payload)
+        );
         let parsed = parse(&token).unwrap();
         check_claims(&parsed, rules, 1_000_000).map_err(|r| r.reason)
     }
@@ -437,43 +512,96 @@ mod tests {
     #[test]
     fn time_claims_use_leeway_at_exact_boundaries() {
         let r = rules();
-        let at = |exp: i64, nbf: i64| claims_result(&format!(r#"{{"aud":"api","exp":{exp},"nbf":{nbf}}}"#), &r).map(|_| ());
+        let at = |exp: i64, nbf: i64| {
+            claims_result(&format!(r#"{{"aud":"api","exp":{exp},"nbf":{nbf}}}"#), &r).map(|_| ())
+        };
         assert_eq!(at(1_000_000 - 30, 0), Ok(()));
         assert_eq!(at(1_000_000 - 31, 0), Err(AuthFailure::Expired));
         assert_eq!(at(2_000_000, 1_000_030), Ok(()));
         assert_eq!(at(2_000_000, 1_000_031), Err(AuthFailure::NotYetValid));
-        assert_eq!(claims_result(r#"{"aud":"api"}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":"2000000"}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":1e300}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":-1}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000,"iat":true}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
+        assert_eq!(
+            claims_result(r#"{"aud":"api"}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":"2000000"}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":1e300}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":-1}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000,"iat":true}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
     }
 
     #[test]
     fn audience_issuer_scopes_and_typ() {
         let mut r = rules();
-        let ok = claims_result(r#"{"aud":["x","api"],"exp":2000000,"scp":["a","b"],"sub":"me"}"#, &r).unwrap();
+        let ok = claims_result(
+            r#"{"aud":["x","api"],"exp":2000000,"scp":["a","b"],"sub":"me"}"#,
+            &r,
+        )
+        .unwrap();
         assert_eq!(ok.scopes, vec!["a", "b"]);
         assert_eq!(ok.subject.as_deref(), Some("me"));
-        assert_eq!(claims_result(r#"{"aud":"x","exp":2000000}"#, &r).unwrap_err(), AuthFailure::WrongAudience);
-        assert_eq!(claims_result(r#"{"exp":2000000}"#, &r).unwrap_err(), AuthFailure::WrongAudience);
-        assert_eq!(claims_result(r#"{"aud":["api",1],"exp":2000000}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000,"scopes":{"a":1}}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000,"sub":"a\r\nX-Evil: 1"}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000,"scope":"a\u0000b"}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
+        assert_eq!(
+            claims_result(r#"{"aud":"x","exp":2000000}"#, &r).unwrap_err(),
+            AuthFailure::WrongAudience
+        );
+        assert_eq!(
+            claims_result(r#"{"exp":2000000}"#, &r).unwrap_err(),
+            AuthFailure::WrongAudience
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":["api",1],"exp":2000000}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000,"scopes":{"a":1}}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000,"sub":"a\r\nX-Evil: 1"}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000,"scope":"a\u0000b"}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
         // `scopes` wins over `scope` when both are present.
-        let first = claims_result(r#"{"aud":"api","exp":2000000,"scopes":"a","scope":"b"}"#, &r).unwrap();
+        let first = claims_result(
+            r#"{"aud":"api","exp":2000000,"scopes":"a","scope":"b"}"#,
+            &r,
+        )
+        .unwrap();
         assert_eq!(first.scopes, vec!["a"]);
         r.issuer = Some("https://gw".into());
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000}"#, &r).unwrap_err(), AuthFailure::WrongIssuer);
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000}"#, &r).unwrap_err(),
+            AuthFailure::WrongIssuer
+        );
         assert!(claims_result(r#"{"aud":"api","exp":2000000,"iss":"https://gw"}"#, &r).is_ok());
         r.typ = Some(normalise_typ("application/AT+jwt"));
         assert!(claims_result(r#"{"aud":"api","exp":2000000,"iss":"https://gw"}"#, &r).is_ok());
         r.typ = Some(normalise_typ("JWT"));
-        assert_eq!(claims_result(r#"{"aud":"api","exp":2000000,"iss":"https://gw"}"#, &r).unwrap_err(), AuthFailure::InvalidClaims);
+        assert_eq!(
+            claims_result(r#"{"aud":"api","exp":2000000,"iss":"https://gw"}"#, &r).unwrap_err(),
+            AuthFailure::InvalidClaims
+        );
         r.typ = None;
         r.scope_claim = Some("permissions".into());
-        let custom = claims_result(r#"{"aud":"api","exp":2000000,"iss":"https://gw","scope":"x","permissions":["p:1"]}"#, &r).unwrap();
+        let custom = claims_result(
+            r#"{"aud":"api","exp":2000000,"iss":"https://gw","scope":"x","permissions":["p:1"]}"#,
+            &r,
+        )
+        .unwrap();
         assert_eq!(custom.scopes, vec!["p:1"]);
     }
 }

@@ -69,8 +69,15 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// First match in file order.
-pub fn find<'r>(routes: &'r [Route], host: Option<&str>, method: &Method, path: &str) -> Option<&'r Route> {
-    routes.iter().find(|route| route.matcher.matches(host, method, path))
+pub fn find<'r>(
+    routes: &'r [Route],
+    host: Option<&str>,
+    method: &Method,
+    path: &str,
+) -> Option<&'r Route> {
+    routes
+        .iter()
+        .find(|route| route.matcher.matches(host, method, path))
 }
 
 /// The `Host` a request names, lower-cased and without port, for matching.
@@ -82,7 +89,9 @@ pub fn host_for_matching(authority: &str) -> String {
             None => authority,
         }
     } else {
-        authority.rsplit_once(':').map_or(authority, |(host, _port)| host)
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _port)| host)
     };
     host.to_ascii_lowercase()
 }
@@ -103,11 +112,15 @@ pub fn check_normal_form(path: &str) -> Result<(), &'static str> {
             b'\\' => return Err("request path contains a backslash"),
             0 => return Err("request path contains NUL"),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).ok_or("request path has invalid percent-encoding")?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .ok_or("request path has invalid percent-encoding")?;
                 let decoded = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
                     .map_err(|_| "request path has invalid percent-encoding")?;
                 match decoded {
-                    b'/' | b'\\' => return Err("request path contains an encoded slash or backslash"),
+                    b'/' | b'\\' => {
+                        return Err("request path contains an encoded slash or backslash")
+                    }
                     0 => return Err("request path contains NUL"),
                     _ => {}
                 }
@@ -175,12 +188,36 @@ mod tests {
     #[test]
     fn paths_not_in_normal_form_are_refused() {
         for bad in [
-            "/a/../b", "/a/./b", "/..", "/a/..", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e", "/a%2fb", "/a%2Fb",
-            "/a%5cb", "/a\\b", "/a%00", "/a//b", "//a", "/a%zz", "/a%2", "relative",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00",
+            "/a//b",
+            "//a",
+            "/a%zz",
+            "/a%2",
+            "relative",
         ] {
             assert!(check_normal_form(bad).is_err(), "{bad} should be refused");
         }
-        for good in ["/", "/a", "/a/b/", "/a/b.c", "/a/..b", "/a/%20b", "/a/.well-known", "/a%41"] {
+        for good in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/a/b.c",
+            "/a/..b",
+            "/a/%20b",
+            "/a/.well-known",
+            "/a%41",
+        ] {
             assert_eq!(check_normal_form(good), Ok(()), "{good}");
         }
     }

@@ -19,7 +19,10 @@ pub struct GeneratedKeys(Mutex<HashMap<(String, Algorithm), Arc<LocalKey>>>);
 
 impl GeneratedKeys {
     pub fn get_or_generate(&self, kid: &str, alg: Algorithm) -> Result<Arc<LocalKey>, String> {
-        let mut keys = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(key) = keys.get(&(kid.to_owned(), alg)) {
             return Ok(key.clone());
         }

@@ -56,7 +56,10 @@ pub async fn serve_public(
         let _ = stream.set_nodelay(true);
         let runtime = runtime.clone();
         let limits = runtime.snapshot().limits.clone();
-        let connection = Connection { peer, proto: "http" };
+        let connection = Connection {
+            peer,
+            proto: "http",
+        };
         let service = service_fn(move |request: Request<Incoming>| {
             let runtime = runtime.clone();
             async move {

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, Method};
 
-use crate::config::{ConfigError, ConfigSource, FileConfig, KeyConfig, Limits, PolicyConfig, RouteConfig};
+use crate::config::{
+    ConfigError, ConfigSource, FileConfig, KeyConfig, Limits, PolicyConfig, RouteConfig,
+};
 use crate::forward::Upstream;
 use crate::keys::{local, Algorithm, KeySet, LocalKey};
 use crate::policy::jwt::JwtPolicy;
@@ -43,7 +45,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Parses and compiles `source`, reading every key file it names.
     /// `generated` keeps `generate: true` keys for the life of the process.
-    pub fn build(source: &ConfigSource, generated: &GeneratedKeys) -> Result<Snapshot, ConfigError> {
+    pub fn build(
+        source: &ConfigSource,
+        generated: &GeneratedKeys,
+    ) -> Result<Snapshot, ConfigError> {
         let config = source.parse()?;
         let file = source.display_name();
         let error = |field: String, message: String| ConfigError {
@@ -56,13 +61,16 @@ impl Snapshot {
 
         let mut keys = KeySet::default();
         for (i, key_config) in config.keys.iter().enumerate() {
-            let key = load_key(source, key_config, generated).map_err(|(f, m)| error(format!("keys[{i}].{f}"), m))?;
-            keys.insert(key).map_err(|m| error(format!("keys[{i}].kid"), m))?;
+            let key = load_key(source, key_config, generated)
+                .map_err(|(f, m)| error(format!("keys[{i}].{f}"), m))?;
+            keys.insert(key)
+                .map_err(|m| error(format!("keys[{i}].kid"), m))?;
         }
 
         let token_endpoint = match &config.token_endpoint {
             Some(endpoint) => Some(
-                TokenEndpoint::build(endpoint, &keys).map_err(|(f, m)| error(format!("token_endpoint.{f}"), m))?,
+                TokenEndpoint::build(endpoint, &keys)
+                    .map_err(|(f, m)| error(format!("token_endpoint.{f}"), m))?,
             ),
             None => None,
         };
@@ -70,17 +78,29 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut names = HashSet::new();
         for (i, route_config) in config.routes.iter().enumerate() {
-            let route = build_route(route_config).map_err(|(f, m)| error(format!("routes[{i}].{f}"), m))?;
+            let route =
+                build_route(route_config).map_err(|(f, m)| error(format!("routes[{i}].{f}"), m))?;
             if !names.insert(route.name.clone()) {
-                return Err(error(format!("routes[{i}].name"), format!("duplicate route name `{}`", route.name)));
+                return Err(error(
+                    format!("routes[{i}].name"),
+                    format!("duplicate route name `{}`", route.name),
+                ));
             }
             routes.push(route);
         }
 
         let mut injected_headers: Vec<HeaderName> = Vec::new();
         for route in &routes {
-            let mut names: Vec<HeaderName> = route.policies.iter().flat_map(Policy::injected_headers).collect();
-            if let Upstream::Demo { subject_header, scopes_header } = &route.upstream {
+            let mut names: Vec<HeaderName> = route
+                .policies
+                .iter()
+                .flat_map(Policy::injected_headers)
+                .collect();
+            if let Upstream::Demo {
+                subject_header,
+                scopes_header,
+            } = &route.upstream
+            {
                 names.extend([subject_header.clone(), scopes_header.clone()]);
             }
             for name in names {
@@ -90,9 +110,11 @@ impl Snapshot {
             }
         }
 
-        let metadata_document = token_endpoint
-            .as_ref()
-            .and_then(|e| e.issuer.as_deref().map(|issuer| discovery::metadata_document(issuer, &e.path)));
+        let metadata_document = token_endpoint.as_ref().and_then(|e| {
+            e.issuer
+                .as_deref()
+                .map(|issuer| discovery::metadata_document(issuer, &e.path))
+        });
         Ok(Snapshot {
             source: file.clone(),
             listen: config.listen,
@@ -117,13 +139,19 @@ fn check_demo_features_on_loopback(config: &FileConfig) -> Result<(), (String, S
     if config.token_endpoint.as_ref().is_some_and(|e| e.any_client) {
         return Err((
             "token_endpoint.any_client".into(),
-            format!("demo feature refused on non-loopback listen {}", config.listen),
+            format!(
+                "demo feature refused on non-loopback listen {}",
+                config.listen
+            ),
         ));
     }
     if let Some(i) = config.keys.iter().position(|k| k.generate) {
         return Err((
             format!("keys[{i}].generate"),
-            format!("demo feature refused on non-loopback listen {}", config.listen),
+            format!(
+                "demo feature refused on non-loopback listen {}",
+                config.listen
+            ),
         ));
     }
     Ok(())
@@ -131,45 +159,71 @@ fn check_demo_features_on_loopback(config: &FileConfig) -> Result<(), (String, S
 
 fn check_limits(limits: &Limits) -> Result<(), (String, String)> {
     if limits.max_header_bytes < 1024 {
-        return Err(("limits.max_header_bytes".into(), "must be at least 1024".into()));
+        return Err((
+            "limits.max_header_bytes".into(),
+            "must be at least 1024".into(),
+        ));
     }
     if limits.max_headers == 0 {
         return Err(("limits.max_headers".into(), "must be at least 1".into()));
     }
     if limits.upstream_timeout.0.is_zero() {
-        return Err(("limits.upstream_timeout".into(), "must be more than 0s".into()));
+        return Err((
+            "limits.upstream_timeout".into(),
+            "must be more than 0s".into(),
+        ));
     }
     if limits.header_read_timeout.0.is_zero() {
-        return Err(("limits.header_read_timeout".into(), "must be more than 0s".into()));
+        return Err((
+            "limits.header_read_timeout".into(),
+            "must be more than 0s".into(),
+        ));
     }
     Ok(())
 }
 
 /// One `keys:` entry; `Err((field, message))` relative to the entry.
-fn load_key(source: &ConfigSource, config: &KeyConfig, generated: &GeneratedKeys) -> Result<Arc<LocalKey>, (String, String)> {
+fn load_key(
+    source: &ConfigSource,
+    config: &KeyConfig,
+    generated: &GeneratedKeys,
+) -> Result<Arc<LocalKey>, (String, String)> {
     if config.kid.is_empty() || config.kid.len() > 256 {
         return Err(("kid".into(), "must be 1 to 256 characters".into()));
     }
     let alg = Algorithm::from_name(&config.alg).ok_or_else(|| {
         let names: Vec<_> = Algorithm::ALL.iter().map(|a| a.name()).collect();
-        ("alg".to_owned(), format!("`{}` is not one of {}", config.alg, names.join(" ")))
+        (
+            "alg".to_owned(),
+            format!("`{}` is not one of {}", config.alg, names.join(" ")),
+        )
     })?;
-    let sources = usize::from(config.generate) + usize::from(config.private_key.is_some()) + usize::from(config.public_key.is_some());
+    let sources = usize::from(config.generate)
+        + usize::from(config.private_key.is_some())
+        + usize::from(config.public_key.is_some());
     if sources != 1 {
         return Err((
             "kid".into(),
-            format!("key `{}` needs exactly one of generate, private_key, public_key", config.kid),
+            format!(
+                "key `{}` needs exactly one of generate, private_key, public_key",
+                config.kid
+            ),
         ));
     }
     if config.generate {
-        return generated.get_or_generate(&config.kid, alg).map_err(|m| ("generate".into(), m));
+        return generated
+            .get_or_generate(&config.kid, alg)
+            .map_err(|m| ("generate".into(), m));
     }
     if let Some(path) = &config.private_key {
         return local::load_private(&config.kid, alg, &source.resolve(path))
             .map(Arc::new)
             .map_err(|m| ("private_key".into(), m));
     }
-    let path = config.public_key.as_ref().ok_or(("public_key".to_owned(), "missing".to_owned()))?;
+    let path = config
+        .public_key
+        .as_ref()
+        .ok_or(("public_key".to_owned(), "missing".to_owned()))?;
     local::load_public(&config.kid, alg, &source.resolve(path))
         .map(Arc::new)
         .map_err(|m| ("public_key".into(), m))
@@ -177,12 +231,23 @@ fn load_key(source: &ConfigSource, config: &KeyConfig, generated: &GeneratedKeys
 
 /// One route; `Err((field, message))` relative to the route.
 fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
-    if config.name.is_empty() || !config.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(("name".into(), "must be letters, digits, `-`, `_` or `.` (it is a metrics label)".into()));
+    if config.name.is_empty()
+        || !config
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err((
+            "name".into(),
+            "must be letters, digits, `-`, `_` or `.` (it is a metrics label)".into(),
+        ));
     }
     let prefix = &config.matcher.path_prefix;
     if router::check_normal_form(prefix).is_err() || prefix.contains('?') {
-        return Err(("match.path_prefix".into(), format!("`{prefix}` must be an absolute path in normal form")));
+        return Err((
+            "match.path_prefix".into(),
+            format!("`{prefix}` must be an absolute path in normal form"),
+        ));
     }
     let path_prefix = match prefix.trim_end_matches('/') {
         "" => "/".to_owned(),
@@ -193,8 +258,13 @@ fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
         Some(list) => {
             let mut methods = Vec::with_capacity(list.len());
             for name in list {
-                let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
-                    .map_err(|_| ("match.methods".to_owned(), format!("`{name}` is not an HTTP method")))?;
+                let method =
+                    Method::from_bytes(name.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        (
+                            "match.methods".to_owned(),
+                            format!("`{name}` is not an HTTP method"),
+                        )
+                    })?;
                 methods.push(method);
             }
             Some(methods)
@@ -212,10 +282,18 @@ fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
     for (i, policy) in config.policies.iter().enumerate() {
         let PolicyConfig { jwt } = policy;
         let Some(jwt) = jwt else {
-            return Err((format!("policies[{i}]"), "names no policy kind (expected `jwt:`)".into()));
+            return Err((
+                format!("policies[{i}]"),
+                "names no policy kind (expected `jwt:`)".into(),
+            ));
         };
-        let built = JwtPolicy::build(jwt).map_err(|(f, m)| (format!("policies[{i}].jwt.{f}"), m))?;
-        if let Upstream::Demo { subject_header, scopes_header } = &mut upstream {
+        let built =
+            JwtPolicy::build(jwt).map_err(|(f, m)| (format!("policies[{i}].jwt.{f}"), m))?;
+        if let Upstream::Demo {
+            subject_header,
+            scopes_header,
+        } = &mut upstream
+        {
             *subject_header = built.subject_header().clone();
             *scopes_header = built.scopes_header().clone();
         }

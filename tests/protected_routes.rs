@@ -91,7 +91,9 @@ async fn a_valid_token_is_forwarded_with_the_identity_injected() {
     // Hop-by-hop headers of the upstream response never reach the client.
     assert_eq!(answer.header("keep-alive"), None);
     assert_eq!(answer.header("x-upstream-private"), None);
-    assert!(answer.header("x-request-id").is_some_and(|id| id.len() == 22));
+    assert!(answer
+        .header("x-request-id")
+        .is_some_and(|id| id.len() == 22));
 
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
@@ -100,8 +102,14 @@ async fn a_valid_token_is_forwarded_with_the_identity_injected() {
     assert_eq!(header_values(r, "x-auth-subject"), vec!["alice"]);
     assert_eq!(header_values(r, "x-auth-scopes"), vec!["read write"]);
     assert_eq!(header_values(r, "x-tenant"), vec!["acme"]);
-    assert!(header_values(r, "authorization").is_empty(), "Authorization must be removed");
-    assert_eq!(header_values(r, "x-request-id"), vec![answer.header("x-request-id").unwrap()]);
+    assert!(
+        header_values(r, "authorization").is_empty(),
+        "Authorization must be removed"
+    );
+    assert_eq!(
+        header_values(r, "x-request-id"),
+        vec![answer.header("x-request-id").unwrap()]
+    );
     assert_eq!(header_values(r, "host"), vec![up.addr.to_string()]);
 }
 
@@ -118,7 +126,10 @@ async fn no_authorization_header_is_401_without_an_error_code() {
     ] {
         let answer = get(&gw.url(path), &headers).await;
         answer.assert_error(401, "missing_token");
-        assert_eq!(answer.header("www-authenticate"), Some(r#"Bearer realm="jwtgate""#));
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(r#"Bearer realm="jwtgate""#)
+        );
         assert_eq!(answer.header("cache-control"), Some("no-store"));
     }
     let form = format!("access_token={token}");
@@ -146,12 +157,17 @@ async fn malformed_authorization_headers_are_400_invalid_request() {
         vec![bearer(&token), bearer(&token)],
     ];
     for headers in cases {
-        let list: Vec<(&str, &str)> = headers.iter().map(|h| ("authorization", h.as_str())).collect();
+        let list: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|h| ("authorization", h.as_str()))
+            .collect();
         let answer = get(&gw.url("/orders"), &list).await;
         answer.assert_error(400, "invalid_request");
         let challenge = answer.header("www-authenticate").unwrap();
         assert!(
-            challenge.starts_with(r#"Bearer realm="jwtgate", error="invalid_request", error_description=""#),
+            challenge.starts_with(
+                r#"Bearer realm="jwtgate", error="invalid_request", error_description=""#
+            ),
             "{challenge}"
         );
     }
@@ -190,19 +206,73 @@ async fn invalid_tokens_are_401_invalid_token() {
     let payload = valid.to_string();
     let cases: Vec<(&str, String, &str)> = vec![
         ("bad signature", flipped, "invalid_signature"),
-        ("signed by another key", mint(&k.rogue_rsa, jsonwebtoken::Algorithm::RS256, Some("gw"), &valid), "invalid_signature"),
-        ("unknown kid", mint(&k.rogue_rsa, jsonwebtoken::Algorithm::RS256, Some("nope"), &valid), "unknown_key"),
-        ("no kid, two keys", mint(&k.rsa, jsonwebtoken::Algorithm::RS256, None, &valid), "unknown_key"),
-        ("alg none", raw_token(r#"{"alg":"none","kid":"gw"}"#, &payload, b""), "invalid_signature"),
-        ("alg none with signature", raw_token(r#"{"alg":"none","kid":"gw"}"#, &payload, b"x"), "algorithm_not_allowed"),
+        (
+            "signed by another key",
+            mint(
+                &k.rogue_rsa,
+                jsonwebtoken::Algorithm::RS256,
+                Some("gw"),
+                &valid,
+            ),
+            "invalid_signature",
+        ),
+        (
+            "unknown kid",
+            mint(
+                &k.rogue_rsa,
+                jsonwebtoken::Algorithm::RS256,
+                Some("nope"),
+                &valid,
+            ),
+            "unknown_key",
+        ),
+        (
+            "no kid, two keys",
+            mint(&k.rsa, jsonwebtoken::Algorithm::RS256, None, &valid),
+            "unknown_key",
+        ),
+        (
+            "alg none",
+            raw_token(r#"{"alg":"none","kid":"gw"}"#, &payload, b""),
+            "invalid_signature",
+        ),
+        (
+            "alg none with signature",
+            raw_token(r#"{"alg":"none","kid":"gw"}"#, &payload, b"x"),
+            "algorithm_not_allowed",
+        ),
         ("HS256 with the public key", hs256, "algorithm_not_allowed"),
-        ("RS256 token for the ES256 key", mint(&k.rsa, jsonwebtoken::Algorithm::RS256, Some("ec"), &valid), "algorithm_not_allowed"),
-        ("expired", gw_token(&claims(json!({"exp": now - 31}))), "expired"),
-        ("not yet valid", gw_token(&claims(json!({"nbf": now + 60}))), "not_yet_valid"),
-        ("no exp", gw_token(&claims(json!({"exp": null}))), "invalid_claims"),
-        ("wrong audience", gw_token(&claims(json!({"aud": "billing"}))), "wrong_audience"),
+        (
+            "RS256 token for the ES256 key",
+            mint(&k.rsa, jsonwebtoken::Algorithm::RS256, Some("ec"), &valid),
+            "algorithm_not_allowed",
+        ),
+        (
+            "expired",
+            gw_token(&claims(json!({"exp": now - 31}))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            gw_token(&claims(json!({"nbf": now + 60}))),
+            "not_yet_valid",
+        ),
+        (
+            "no exp",
+            gw_token(&claims(json!({"exp": null}))),
+            "invalid_claims",
+        ),
+        (
+            "wrong audience",
+            gw_token(&claims(json!({"aud": "billing"}))),
+            "wrong_audience",
+        ),
         ("garbage", "not-a-token".into(), "malformed"),
-        ("two segments", "eyJhbGciOiJSUzI1NiJ9.e30".into(), "malformed"),
+        (
+            "two segments",
+            "eyJhbGciOiJSUzI1NiJ9.e30".into(),
+            "malformed",
+        ),
     ];
     for (case, token, _reason) in cases {
         let answer = get(&gw.url("/orders"), &[("authorization", &bearer(&token))]).await;
@@ -210,13 +280,28 @@ async fn invalid_tokens_are_401_invalid_token() {
         answer.assert_error(401, "invalid_token");
         let challenge = answer.header("www-authenticate").unwrap();
         assert!(
-            challenge.starts_with(r#"Bearer realm="jwtgate", error="invalid_token", error_description=""#),
+            challenge.starts_with(
+                r#"Bearer realm="jwtgate", error="invalid_token", error_description=""#
+            ),
             "{case}: {challenge}"
         );
-        assert_eq!(answer.json()["error_description"].as_str().map(|d| challenge.contains(d)), Some(true), "{case}");
+        assert_eq!(
+            answer.json()["error_description"]
+                .as_str()
+                .map(|d| challenge.contains(d)),
+            Some(true),
+            "{case}"
+        );
     }
     // Wrong issuer on a route that requires one.
-    let answer = get(&gw.url("/issuer"), &[("authorization", &bearer(&gw_token(&claims(json!({"iss": "https://evil"})))))]).await;
+    let answer = get(
+        &gw.url("/issuer"),
+        &[(
+            "authorization",
+            &bearer(&gw_token(&claims(json!({"iss": "https://evil"})))),
+        )],
+    )
+    .await;
     answer.assert_error(401, "invalid_token");
     assert_eq!(up.count(), 0, "no refused request may reach the upstream");
 }
@@ -227,7 +312,11 @@ async fn expiry_and_not_before_honour_the_leeway() {
     let now = now();
     // Default leeway 30 s: expired 20 s ago and valid from 20 s ahead both pass.
     for extra in [json!({"exp": now - 20}), json!({"nbf": now + 20})] {
-        let answer = get(&gw.url("/orders"), &[("authorization", &bearer(&gw_token(&claims(extra.clone()))))]).await;
+        let answer = get(
+            &gw.url("/orders"),
+            &[("authorization", &bearer(&gw_token(&claims(extra.clone()))))],
+        )
+        .await;
         assert_eq!(answer.status, 200, "{extra}");
     }
     assert_eq!(up.count(), 2);
@@ -241,11 +330,20 @@ async fn a_token_lacking_a_required_scope_is_403_naming_all_required_scopes() {
     answer.assert_error(403, "insufficient_scope");
     assert_eq!(
         answer.header("www-authenticate"),
-        Some(r#"Bearer realm="jwtgate", error="insufficient_scope", error_description="the token lacks a required scope", scope="read write""#)
+        Some(
+            r#"Bearer realm="jwtgate", error="insufficient_scope", error_description="the token lacks a required scope", scope="read write""#
+        )
     );
     // Scopes as an array, and under `scp`, are read too.
-    for extra in [json!({"scopes": ["write", "read"]}), json!({"scopes": null, "scp": "write read"})] {
-        let answer = get(&gw.url("/orders"), &[("authorization", &bearer(&gw_token(&claims(extra))))]).await;
+    for extra in [
+        json!({"scopes": ["write", "read"]}),
+        json!({"scopes": null, "scp": "write read"}),
+    ] {
+        let answer = get(
+            &gw.url("/orders"),
+            &[("authorization", &bearer(&gw_token(&claims(extra))))],
+        )
+        .await;
         assert_eq!(answer.status, 200);
     }
     assert_eq!(up.count(), 2);
@@ -271,18 +369,31 @@ async fn a_route_may_read_scopes_from_another_claim_and_require_a_typ() {
 
     // `typ: JWT` is not `at+jwt`.
     let plain = gw_token(&claims(json!({"permissions": ["orders:read"]})));
-    get(&gw.url("/custom"), &[("authorization", &bearer(&plain))]).await.assert_error(401, "invalid_token");
+    get(&gw.url("/custom"), &[("authorization", &bearer(&plain))])
+        .await
+        .assert_error(401, "invalid_token");
     // `scopes` is not read when the route names its scope claim.
     let wrong_claim = at_jwt(&claims(json!({"scopes": "orders:read"})));
-    get(&gw.url("/custom"), &[("authorization", &bearer(&wrong_claim))]).await.assert_error(403, "insufficient_scope");
+    get(
+        &gw.url("/custom"),
+        &[("authorization", &bearer(&wrong_claim))],
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
     // A scope claim of the wrong type makes the token invalid.
     let wrong_type = at_jwt(&claims(json!({"permissions": 7})));
-    get(&gw.url("/custom"), &[("authorization", &bearer(&wrong_type))]).await.assert_error(401, "invalid_token");
+    get(
+        &gw.url("/custom"),
+        &[("authorization", &bearer(&wrong_type))],
+    )
+    .await
+    .assert_error(401, "invalid_token");
     assert_eq!(up.count(), 1);
 }
 
 #[tokio::test]
-async fn spoofed_identity_headers_are_stripped_on_every_route_and_connection_cannot_drop_injected_ones() {
+async fn spoofed_identity_headers_are_stripped_on_every_route_and_connection_cannot_drop_injected_ones(
+) {
     let (gw, up) = setup().await;
     let token = gw_token(&claims(json!({"tenant": "acme"})));
     let auth = bearer(&token);
@@ -292,12 +403,18 @@ async fn spoofed_identity_headers_are_stripped_on_every_route_and_connection_can
         ("X-Auth-Scopes", "admin"),
         ("x-tenant", "evil"),
         ("x-user", "root"),
-        ("connection", "x-auth-subject, x-auth-scopes, x-tenant, x-hop"),
+        (
+            "connection",
+            "x-auth-subject, x-auth-scopes, x-tenant, x-hop",
+        ),
         ("x-hop", "1"),
         ("x-forwarded-for", "203.0.113.9"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "evil.example"),
-        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
         ("tracestate", "a=b"),
         ("x-request-id", "client-id-1"),
     ];
@@ -313,22 +430,49 @@ async fn spoofed_identity_headers_are_stripped_on_every_route_and_connection_can
     let seen = up.requests();
     let protected = &seen[0];
     assert_eq!(header_values(protected, "x-auth-subject"), vec!["alice"]);
-    assert_eq!(header_values(protected, "x-auth-scopes"), vec!["read write"]);
+    assert_eq!(
+        header_values(protected, "x-auth-scopes"),
+        vec!["read write"]
+    );
     assert_eq!(header_values(protected, "x-tenant"), vec!["acme"]);
     assert!(header_values(protected, "x_auth_subject").is_empty());
-    assert!(header_values(protected, "x-user").is_empty(), "x-user is injected by another route");
+    assert!(
+        header_values(protected, "x-user").is_empty(),
+        "x-user is injected by another route"
+    );
     assert!(header_values(protected, "x-hop").is_empty());
     assert!(header_values(protected, "connection").is_empty());
-    assert_eq!(header_values(protected, "x-forwarded-for"), vec!["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(
+        header_values(protected, "x-forwarded-for"),
+        vec!["203.0.113.9, 127.0.0.1"]
+    );
     assert_eq!(header_values(protected, "x-forwarded-proto"), vec!["http"]);
-    assert_eq!(header_values(protected, "x-forwarded-host"), vec![gw.addr().to_string()]);
-    assert_eq!(header_values(protected, "traceparent"), vec!["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]);
+    assert_eq!(
+        header_values(protected, "x-forwarded-host"),
+        vec![gw.addr().to_string()]
+    );
+    assert_eq!(
+        header_values(protected, "traceparent"),
+        vec!["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+    );
     assert_eq!(header_values(protected, "tracestate"), vec!["a=b"]);
-    assert_eq!(header_values(protected, "x-request-id"), vec!["client-id-1"]);
+    assert_eq!(
+        header_values(protected, "x-request-id"),
+        vec!["client-id-1"]
+    );
 
     let public = &seen[1];
-    for name in ["x-auth-subject", "x_auth_subject", "x-auth-scopes", "x-tenant", "x-user"] {
-        assert!(header_values(public, name).is_empty(), "{name} reached a public upstream");
+    for name in [
+        "x-auth-subject",
+        "x_auth_subject",
+        "x-auth-scopes",
+        "x-tenant",
+        "x-user",
+    ] {
+        assert!(
+            header_values(public, name).is_empty(),
+            "{name} reached a public upstream"
+        );
     }
 }
 
@@ -336,9 +480,24 @@ async fn spoofed_identity_headers_are_stripped_on_every_route_and_connection_can
 async fn authorization_is_forwarded_only_when_the_route_asks() {
     let (gw, up) = setup().await;
     let auth = bearer(&gw_token(&claims(json!({}))));
-    assert_eq!(get(&gw.url("/forward/a"), &[("authorization", &auth)]).await.status, 200);
-    assert_eq!(get(&gw.url("/orders"), &[("authorization", &auth)]).await.status, 200);
-    assert_eq!(get(&gw.url("/public"), &[("authorization", &auth)]).await.status, 200);
+    assert_eq!(
+        get(&gw.url("/forward/a"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/orders"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&gw.url("/public"), &[("authorization", &auth)])
+            .await
+            .status,
+        200
+    );
     let seen = up.requests();
     assert_eq!(header_values(&seen[0], "authorization"), vec![auth.clone()]);
     assert!(header_values(&seen[1], "authorization").is_empty());
@@ -352,7 +511,10 @@ async fn strip_prefix_and_base_paths_build_the_upstream_path() {
         assert_eq!(get(&gw.url(path), &[]).await.status, 200, "{path}");
     }
     let targets: Vec<String> = up.requests().into_iter().map(|r| r.target).collect();
-    assert_eq!(targets, vec!["/api/v1/items/3?q=a%2Fb&r", "/api/v1/", "/api/v1/"]);
+    assert_eq!(
+        targets,
+        vec!["/api/v1/items/3?q=a%2Fb&r", "/api/v1/", "/api/v1/"]
+    );
 }
 
 #[tokio::test]
@@ -360,31 +522,73 @@ async fn routing_follows_hosts_methods_and_segment_boundaries() {
     let (gw, up) = setup().await;
     let auth = bearer(&gw_token(&claims(json!({}))));
     // /ordersx is not under /orders.
-    get(&gw.url("/ordersx"), &[("authorization", &auth)]).await.assert_error(404, "not_found");
+    get(&gw.url("/ordersx"), &[("authorization", &auth)])
+        .await
+        .assert_error(404, "not_found");
     // DELETE skips `orders` and matches `orders-delete`, which wants `admin`.
-    let answer = send("DELETE", &gw.url("/orders/1"), &[("authorization", &auth)], b"").await;
+    let answer = send(
+        "DELETE",
+        &gw.url("/orders/1"),
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await;
     answer.assert_error(403, "insufficient_scope");
-    assert!(answer.header("www-authenticate").unwrap().ends_with(r#"scope="admin""#));
+    assert!(answer
+        .header("www-authenticate")
+        .unwrap()
+        .ends_with(r#"scope="admin""#));
     // PUT matches no route at all.
-    send("PUT", &gw.url("/orders/1"), &[("authorization", &auth)], b"").await.assert_error(404, "not_found");
+    send(
+        "PUT",
+        &gw.url("/orders/1"),
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await
+    .assert_error(404, "not_found");
     // Host matches case-insensitively, port ignored.
-    assert_eq!(get(&gw.url("/hosted"), &[("host", "api.EXAMPLE.com:8443")]).await.status, 200);
-    get(&gw.url("/hosted"), &[("host", "other.example.com")]).await.assert_error(404, "not_found");
+    assert_eq!(
+        get(&gw.url("/hosted"), &[("host", "api.EXAMPLE.com:8443")])
+            .await
+            .status,
+        200
+    );
+    get(&gw.url("/hosted"), &[("host", "other.example.com")])
+        .await
+        .assert_error(404, "not_found");
     assert_eq!(up.count(), 1);
     let seen = up.requests();
-    assert_eq!(header_values(&seen[0], "x-forwarded-host"), vec!["api.EXAMPLE.com:8443"]);
+    assert_eq!(
+        header_values(&seen[0], "x-forwarded-host"),
+        vec!["api.EXAMPLE.com:8443"]
+    );
 }
 
 #[tokio::test]
 async fn paths_not_in_normal_form_and_duplicate_hosts_are_400() {
     let (gw, up) = setup().await;
     let auth = bearer(&gw_token(&claims(json!({}))));
-    for path in ["/public/../orders", "/public/%2e%2e/orders", "/public%2forders", "/public/a%5cb", "//public", "/public/./x", "/public/a\\b"] {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+    for path in [
+        "/public/../orders",
+        "/public/%2e%2e/orders",
+        "/public%2forders",
+        "/public/a%5cb",
+        "//public",
+        "/public/./x",
+        "/public/a\\b",
+    ] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
         let answer = raw(gw.addr(), request.as_bytes()).await;
         answer.assert_error(400, "invalid_request");
     }
-    let answer = raw(gw.addr(), b"GET /public HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    let answer = raw(
+        gw.addr(),
+        b"GET /public HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     answer.assert_error(400, "invalid_request");
     assert_eq!(up.count(), 0);
 }
@@ -394,21 +598,30 @@ async fn bodies_over_the_limit_are_413_and_smaller_ones_stream_through() {
     let (gw, up) = setup().await;
     let auth = bearer(&gw_token(&claims(json!({}))));
     let body = vec![b'x'; 1024];
-    let answer = send("POST", &gw.url("/orders"), &[("authorization", &auth)], &body).await;
+    let answer = send(
+        "POST",
+        &gw.url("/orders"),
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(up.requests()[0].body.len(), 1024);
 
     // A declared length over the limit is refused before forwarding.
     let big = vec![b'x'; 1025];
-    let answer = send("POST", &gw.url("/orders"), &[("authorization", &auth)], &big).await;
+    let answer = send(
+        "POST",
+        &gw.url("/orders"),
+        &[("authorization", &auth)],
+        &big,
+    )
+    .await;
     answer.assert_error(413, "payload_too_large");
     assert_eq!(up.count(), 1);
 
     // A chunked body that grows past the limit is cut off and fails.
-    let mut request = format!(
-        "POST /public/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes();
+    let mut request = "POST /public/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".as_bytes().to_vec();
     for _ in 0..3 {
         request.extend_from_slice(b"200\r\n");
         request.extend_from_slice(&[b'y'; 0x200]);
@@ -432,9 +645,15 @@ async fn oversized_headers_are_431() {
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
     let (gw, up) = setup().await;
-    get(&gw.url("/down"), &[]).await.assert_error(502, "bad_gateway");
-    get(&gw.url("/reset"), &[]).await.assert_error(502, "bad_gateway");
-    get(&gw.url("/slow"), &[]).await.assert_error(504, "gateway_timeout");
+    get(&gw.url("/down"), &[])
+        .await
+        .assert_error(502, "bad_gateway");
+    get(&gw.url("/reset"), &[])
+        .await
+        .assert_error(502, "bad_gateway");
+    get(&gw.url("/slow"), &[])
+        .await
+        .assert_error(504, "gateway_timeout");
     assert_eq!(up.count(), 1, "the slow upstream saw the request");
 }
 
@@ -445,13 +664,28 @@ async fn the_discovery_documents_list_every_public_key() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     let jwks = answer.json();
-    let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
     assert_eq!(kids, vec!["gw", "ec"]);
     let ec = &jwks["keys"][1];
-    assert_eq!((ec["kty"].as_str(), ec["crv"].as_str(), ec["alg"].as_str(), ec["use"].as_str()), (Some("EC"), Some("P-256"), Some("ES256"), Some("sig")));
+    assert_eq!(
+        (
+            ec["kty"].as_str(),
+            ec["crv"].as_str(),
+            ec["alg"].as_str(),
+            ec["use"].as_str()
+        ),
+        (Some("EC"), Some("P-256"), Some("ES256"), Some("sig"))
+    );
     assert!(jwks["keys"][0].get("d").is_none(), "no private parts");
     // No token endpoint, so no RFC 8414 document.
-    get(&gw.url("/.well-known/oauth-authorization-server"), &[]).await.assert_error(404, "not_found");
+    get(&gw.url("/.well-known/oauth-authorization-server"), &[])
+        .await
+        .assert_error(404, "not_found");
     let answer = send("POST", &gw.url("/.well-known/jwks.json"), &[], b"").await;
     answer.assert_error(405, "method_not_allowed");
     assert_eq!(answer.header("allow"), Some("GET, HEAD"));

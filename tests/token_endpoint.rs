@@ -65,7 +65,12 @@ fn assert_oauth_error(answer: &Answer, status: u16, error: &str) {
 async fn client_secret_basic_issues_a_token_with_the_documented_claims() {
     let gw = setup().await;
     let auth = basic("svc", "svc-secret");
-    let answer = token_request(&gw, &[FORM, ("authorization", &auth)], "grant_type=client_credentials").await;
+    let answer = token_request(
+        &gw,
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials",
+    )
+    .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(answer.header("cache-control"), Some("no-store"));
@@ -75,7 +80,10 @@ async fn client_secret_basic_issues_a_token_with_the_documented_claims() {
     assert_eq!(body["scope"], "read write");
     assert_eq!(body.as_object().unwrap().len(), 4);
     let token = body["access_token"].as_str().unwrap();
-    assert_eq!(decode_segment(token, 0), json!({"typ": "JWT", "alg": "RS256", "kid": "gw"}));
+    assert_eq!(
+        decode_segment(token, 0),
+        json!({"typ": "JWT", "alg": "RS256", "kid": "gw"})
+    );
     let claims = decode_segment(token, 1);
     assert_eq!(claims["sub"], "svc");
     assert_eq!(claims["aud"], "orders");
@@ -88,15 +96,27 @@ async fn client_secret_basic_issues_a_token_with_the_documented_claims() {
     assert_eq!(claims["jti"].as_str().map(str::len), Some(22));
 
     // The issued token opens the protected route.
-    let resource = get(&gw.url("/orders"), &[("authorization", &format!("Bearer {token}"))]).await;
+    let resource = get(
+        &gw.url("/orders"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(resource.status, 200);
-    assert_eq!(resource.json(), json!({"client": "svc", "scopes": "read write"}));
+    assert_eq!(
+        resource.json(),
+        json!({"client": "svc", "scopes": "read write"})
+    );
 }
 
 #[tokio::test]
 async fn client_secret_post_and_url_encoded_basic_credentials_work() {
     let gw = setup().await;
-    let answer = token_request(&gw, &[FORM], "grant_type=client_credentials&client_id=svc&client_secret=svc-secret&scope=read").await;
+    let answer = token_request(
+        &gw,
+        &[FORM],
+        "grant_type=client_credentials&client_id=svc&client_secret=svc-secret&scope=read",
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["scope"], "read");
     let claims = decode_segment(answer.json()["access_token"].as_str().unwrap(), 1);
@@ -104,15 +124,34 @@ async fn client_secret_post_and_url_encoded_basic_credentials_work() {
 
     // RFC 6749 §2.3.1: id and secret are form-url-encoded inside Basic.
     let auth = basic("odd%3Aid+x", "p%40ss%3Aw+rd%2B%25");
-    let answer = token_request(&gw, &[("content-type", "application/x-www-form-urlencoded;charset=UTF-8"), ("authorization", &auth)], "grant_type=client_credentials").await;
+    let answer = token_request(
+        &gw,
+        &[
+            (
+                "content-type",
+                "application/x-www-form-urlencoded;charset=UTF-8",
+            ),
+            ("authorization", &auth),
+        ],
+        "grant_type=client_credentials",
+    )
+    .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     let claims = decode_segment(answer.json()["access_token"].as_str().unwrap(), 1);
     assert_eq!(claims["sub"], "odd:id x");
-    assert_eq!(claims["aud"], "billing", "a client's audience overrides the default");
+    assert_eq!(
+        claims["aud"], "billing",
+        "a client's audience overrides the default"
+    );
 
     // A body client_id equal to the Basic one is tolerated.
     let auth = basic("svc", "svc-secret");
-    let answer = token_request(&gw, &[FORM, ("authorization", &auth)], "grant_type=client_credentials&client_id=svc").await;
+    let answer = token_request(
+        &gw,
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials&client_id=svc",
+    )
+    .await;
     assert_eq!(answer.status, 200);
 }
 
@@ -120,25 +159,58 @@ async fn client_secret_post_and_url_encoded_basic_credentials_work() {
 async fn argon2id_clients_authenticate() {
     let gw = setup().await;
     let auth = basic("human", "correct horse");
-    let answer = token_request(&gw, &[FORM, ("authorization", &auth)], "grant_type=client_credentials").await;
+    let answer = token_request(
+        &gw,
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials",
+    )
+    .await;
     assert_eq!(answer.status, 200);
     let auth = basic("human", "wrong horse");
-    let answer = token_request(&gw, &[FORM, ("authorization", &auth)], "grant_type=client_credentials").await;
+    let answer = token_request(
+        &gw,
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials",
+    )
+    .await;
     assert_oauth_error(&answer, 401, "invalid_client");
 }
 
 #[tokio::test]
 async fn an_unknown_client_and_a_wrong_secret_get_the_same_answer() {
     let gw = setup().await;
-    let wrong_secret = token_request(&gw, &[FORM, ("authorization", &basic("svc", "nope"))], "grant_type=client_credentials").await;
-    let unknown = token_request(&gw, &[FORM, ("authorization", &basic("ghost", "svc-secret"))], "grant_type=client_credentials").await;
+    let wrong_secret = token_request(
+        &gw,
+        &[FORM, ("authorization", &basic("svc", "nope"))],
+        "grant_type=client_credentials",
+    )
+    .await;
+    let unknown = token_request(
+        &gw,
+        &[FORM, ("authorization", &basic("ghost", "svc-secret"))],
+        "grant_type=client_credentials",
+    )
+    .await;
     for answer in [&wrong_secret, &unknown] {
         assert_oauth_error(answer, 401, "invalid_client");
-        assert_eq!(answer.header("www-authenticate"), Some(r#"Basic realm="jwtgate""#));
+        assert_eq!(
+            answer.header("www-authenticate"),
+            Some(r#"Basic realm="jwtgate""#)
+        );
     }
     assert_eq!(wrong_secret.body, unknown.body);
-    let post_wrong = token_request(&gw, &[FORM], "grant_type=client_credentials&client_id=svc&client_secret=x").await;
-    let post_unknown = token_request(&gw, &[FORM], "grant_type=client_credentials&client_id=ghost&client_secret=x").await;
+    let post_wrong = token_request(
+        &gw,
+        &[FORM],
+        "grant_type=client_credentials&client_id=svc&client_secret=x",
+    )
+    .await;
+    let post_unknown = token_request(
+        &gw,
+        &[FORM],
+        "grant_type=client_credentials&client_id=ghost&client_secret=x",
+    )
+    .await;
     assert_oauth_error(&post_wrong, 401, "invalid_client");
     assert_eq!(post_wrong.body, post_unknown.body);
 }
@@ -148,19 +220,96 @@ async fn malformed_token_requests_get_rfc_6749_errors() {
     let gw = setup().await;
     let auth = basic("svc", "svc-secret");
     let with_basic = [FORM, ("authorization", auth.as_str())];
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, u16, &str)> = vec![
-        ("no grant_type", with_basic.to_vec(), "scope=read", 400, "invalid_request"),
-        ("password grant", with_basic.to_vec(), "grant_type=password", 400, "unsupported_grant_type"),
-        ("repeated parameter", with_basic.to_vec(), "grant_type=client_credentials&grant_type=client_credentials", 400, "invalid_request"),
-        ("json body", vec![("content-type", "application/json"), ("authorization", &auth)], r#"{"grant_type":"client_credentials"}"#, 400, "invalid_request"),
-        ("no content type", vec![("authorization", &auth)], "grant_type=client_credentials", 400, "invalid_request"),
-        ("no credentials", vec![FORM], "grant_type=client_credentials", 401, "invalid_client"),
-        ("id without secret", vec![FORM], "grant_type=client_credentials&client_id=svc", 401, "invalid_client"),
-        ("basic and body secret", with_basic.to_vec(), "grant_type=client_credentials&client_secret=svc-secret", 400, "invalid_request"),
-        ("basic and other body id", with_basic.to_vec(), "grant_type=client_credentials&client_id=other", 400, "invalid_request"),
-        ("malformed basic", vec![FORM, ("authorization", "Basic !!!")], "grant_type=client_credentials", 401, "invalid_client"),
-        ("scope not allowed", with_basic.to_vec(), "grant_type=client_credentials&scope=read%20admin", 400, "invalid_scope"),
-        ("empty scope", with_basic.to_vec(), "grant_type=client_credentials&scope=", 400, "invalid_scope"),
+    // (case, headers, body, status, error)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no grant_type",
+            with_basic.to_vec(),
+            "scope=read",
+            400,
+            "invalid_request",
+        ),
+        (
+            "password grant",
+            with_basic.to_vec(),
+            "grant_type=password",
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            "repeated parameter",
+            with_basic.to_vec(),
+            "grant_type=client_credentials&grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            "json body",
+            vec![
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            r#"{"grant_type":"client_credentials"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            "no content type",
+            vec![("authorization", &auth)],
+            "grant_type=client_credentials",
+            400,
+            "invalid_request",
+        ),
+        (
+            "no credentials",
+            vec![FORM],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "id without secret",
+            vec![FORM],
+            "grant_type=client_credentials&client_id=svc",
+            401,
+            "invalid_client",
+        ),
+        (
+            "basic and body secret",
+            with_basic.to_vec(),
+            "grant_type=client_credentials&client_secret=svc-secret",
+            400,
+            "invalid_request",
+        ),
+        (
+            "basic and other body id",
+            with_basic.to_vec(),
+            "grant_type=client_credentials&client_id=other",
+            400,
+            "invalid_request",
+        ),
+        (
+            "malformed basic",
+            vec![FORM, ("authorization", "Basic !!!")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "scope not allowed",
+            with_basic.to_vec(),
+            "grant_type=client_credentials&scope=read%20admin",
+            400,
+            "invalid_scope",
+        ),
+        (
+            "empty scope",
+            with_basic.to_vec(),
+            "grant_type=client_credentials&scope=",
+            400,
+            "invalid_scope",
+        ),
     ];
     for (case, headers, body, status, error) in cases {
         let answer = token_request(&gw, &headers, body).await;
@@ -169,7 +318,13 @@ async fn malformed_token_requests_get_rfc_6749_errors() {
     }
 
     // Credentials in the query string are refused even when the body is fine.
-    let answer = send("POST", &gw.url("/oauth2/token?client_id=svc&client_secret=svc-secret"), &[FORM], b"grant_type=client_credentials").await;
+    let answer = send(
+        "POST",
+        &gw.url("/oauth2/token?client_id=svc&client_secret=svc-secret"),
+        &[FORM],
+        b"grant_type=client_credentials",
+    )
+    .await;
     assert_oauth_error(&answer, 400, "invalid_request");
 
     // Any other method: 405 with Allow, a JSON body and no-store.
@@ -195,7 +350,10 @@ async fn the_metadata_document_describes_the_endpoint() {
     assert_eq!(doc["token_endpoint"], "https://gw.example/oauth2/token");
     assert_eq!(doc["jwks_uri"], "https://gw.example/.well-known/jwks.json");
     assert_eq!(doc["grant_types_supported"], json!(["client_credentials"]));
-    assert_eq!(doc["token_endpoint_auth_methods_supported"], json!(["client_secret_basic", "client_secret_post"]));
+    assert_eq!(
+        doc["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
 }
 
 /// SPEC §1, replayed against the embedded demo config on a free port.
@@ -215,28 +373,62 @@ async fn the_demo_tutorial_gives_the_documented_responses() {
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(answer.header("cache-control"), Some("no-store"));
     let body = answer.json();
-    assert_eq!((&body["token_type"], &body["expires_in"], &body["scope"]), (&json!("bearer"), &json!(300), &json!("read write")));
+    assert_eq!(
+        (&body["token_type"], &body["expires_in"], &body["scope"]),
+        (&json!("bearer"), &json!(300), &json!("read write"))
+    );
     let token = body["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(decode_segment(&token, 0), json!({"typ": "JWT", "alg": "RS256", "kid": "demo"}));
+    assert_eq!(
+        decode_segment(&token, 0),
+        json!({"typ": "JWT", "alg": "RS256", "kid": "demo"})
+    );
     let claims = decode_segment(&token, 1);
-    assert_eq!((&claims["sub"], &claims["aud"], &claims["scopes"]), (&json!("my-client"), &json!("demo-resource"), &json!("read write")));
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["nbf"].as_u64().unwrap(), 420);
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 300);
+    assert_eq!(
+        (&claims["sub"], &claims["aud"], &claims["scopes"]),
+        (
+            &json!("my-client"),
+            &json!("demo-resource"),
+            &json!("read write")
+        )
+    );
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["nbf"].as_u64().unwrap(),
+        420
+    );
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        300
+    );
     assert_eq!(claims["iss"], "http://127.0.0.1:8080");
 
     // The token verifies against the published JWKS with an independent library.
-    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(get(&gw.url("/.well-known/jwks.json"), &[]).await.json()).unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_value(get(&gw.url("/.well-known/jwks.json"), &[]).await.json()).unwrap();
     let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find("demo").unwrap()).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&["demo-resource"]);
     validation.set_issuer(&["http://127.0.0.1:8080"]);
     jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).unwrap();
 
-    let answer = get(&gw.url("/demo/resource"), &[("authorization", &format!("Bearer {token}"))]).await;
+    let answer = get(
+        &gw.url("/demo/resource"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.body, r#"{"client":"my-client","scopes":"read write"}"#);
+    assert_eq!(
+        answer.body,
+        r#"{"client":"my-client","scopes":"read write"}"#
+    );
 
     // The demo upstream shows what was injected, never what the client sent.
-    let answer = get(&gw.url("/demo/resource"), &[("authorization", &format!("Bearer {token}")), ("x-auth-subject", "root")]).await;
+    let answer = get(
+        &gw.url("/demo/resource"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-auth-subject", "root"),
+        ],
+    )
+    .await;
     assert_eq!(answer.json()["client"], "my-client");
 }

@@ -17,7 +17,8 @@ pub struct CheckArgs {
 
 pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
-    let snapshot = Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
+    let snapshot =
+        Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
     let signing = snapshot.keys.iter().filter(|k| k.signer.is_some()).count();
     println!("{}: OK", snapshot.source);
     println!("  listen {}, admin {}", snapshot.listen, snapshot.admin);
@@ -32,13 +33,27 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
             "  token endpoint {} signing with `{}`{}",
             endpoint.path,
             endpoint.signer.kid,
-            if endpoint.any_client { " (any_client demo mode)" } else { "" }
+            if endpoint.any_client {
+                " (any_client demo mode)"
+            } else {
+                ""
+            }
         ),
         None => println!("  no token endpoint"),
     }
     println!("  {} route(s)", snapshot.routes.len());
     for route in &snapshot.routes {
-        println!("    {} {} ({} polic{})", route.name, route.matcher.path_prefix, route.policies.len(), if route.policies.len() == 1 { "y" } else { "ies" });
+        println!(
+            "    {} {} ({} polic{})",
+            route.name,
+            route.matcher.path_prefix,
+            route.policies.len(),
+            if route.policies.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,16 +31,34 @@ pub struct TokenArgs {
 
 pub fn token(args: TokenArgs) -> Result<ExitCode, String> {
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
-    let snapshot = Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
-    let endpoint = snapshot
-        .token_endpoint
-        .as_ref()
-        .ok_or_else(|| format!("{}: token_endpoint: required to know the signing key", snapshot.source))?;
-    let scopes: Vec<String> = args.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let snapshot =
+        Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
+    let endpoint = snapshot.token_endpoint.as_ref().ok_or_else(|| {
+        format!(
+            "{}: token_endpoint: required to know the signing key",
+            snapshot.source
+        )
+    })?;
+    let scopes: Vec<String> = args
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let ttl = args.ttl.map_or(endpoint.ttl_secs, |d| d.as_secs());
     let audience = args.aud.as_deref().unwrap_or(&endpoint.audience);
-    let claims = AccessClaims::new(&args.sub, audience, &scopes, endpoint.issuer.as_deref(), now, ttl, endpoint.not_before_skew_secs)?;
+    let claims = AccessClaims::new(
+        &args.sub,
+        audience,
+        &scopes,
+        endpoint.issuer.as_deref(),
+        now,
+        ttl,
+        endpoint.not_before_skew_secs,
+    )?;
     println!("{}", mint::sign(&endpoint.signer, &claims)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -83,14 +83,19 @@ pub(crate) fn parse_private_pem(text: &str, alg: Algorithm) -> Result<KeyPair, S
         )
     };
     let pair = match (kind, block.label.as_str()) {
-        (KeyKind::Rsa, "PRIVATE KEY") => KeyPair::Rsa(RsaKeyPair::from_pkcs8(&block.der).map_err(|e| wrong(&e))?),
-        (KeyKind::Rsa, "RSA PRIVATE KEY") => KeyPair::Rsa(RsaKeyPair::from_der(&block.der).map_err(|e| wrong(&e))?),
-        (KeyKind::EcP256 | KeyKind::EcP384, "PRIVATE KEY" | "EC PRIVATE KEY") => KeyPair::Ecdsa(
-            EcdsaKeyPair::from_private_key_der(ecdsa_signing(kind), &block.der).map_err(|e| wrong(&e))?,
-        ),
-        (KeyKind::Ed25519, "PRIVATE KEY") => {
-            KeyPair::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(&block.der).map_err(|e| wrong(&e))?)
+        (KeyKind::Rsa, "PRIVATE KEY") => {
+            KeyPair::Rsa(RsaKeyPair::from_pkcs8(&block.der).map_err(|e| wrong(&e))?)
         }
+        (KeyKind::Rsa, "RSA PRIVATE KEY") => {
+            KeyPair::Rsa(RsaKeyPair::from_der(&block.der).map_err(|e| wrong(&e))?)
+        }
+        (KeyKind::EcP256 | KeyKind::EcP384, "PRIVATE KEY" | "EC PRIVATE KEY") => KeyPair::Ecdsa(
+            EcdsaKeyPair::from_private_key_der(ecdsa_signing(kind), &block.der)
+                .map_err(|e| wrong(&e))?,
+        ),
+        (KeyKind::Ed25519, "PRIVATE KEY") => KeyPair::Ed25519(
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&block.der).map_err(|e| wrong(&e))?,
+        ),
         (_, label) => {
             return Err(format!(
                 "a PEM block labelled `{label}` is not a {} private key (expected `PRIVATE KEY`)",
@@ -125,7 +130,11 @@ pub fn parse_public_pem(text: &str, alg: Algorithm) -> Result<Vec<u8>, String> {
 }
 
 /// Builds the verifier (and signer) for a parsed key pair.
-pub(crate) fn local_key_from_pair(kid: &str, alg: Algorithm, pair: KeyPair) -> Result<LocalKey, String> {
+pub(crate) fn local_key_from_pair(
+    kid: &str,
+    alg: Algorithm,
+    pair: KeyPair,
+) -> Result<LocalKey, String> {
     let verifier = Verifier::new(kid, alg, &pair.public_key_bytes())?;
     Ok(LocalKey {
         verifier: Arc::new(verifier),
@@ -139,14 +148,17 @@ pub fn generate_pkcs8(alg: Algorithm) -> Result<Vec<u8>, String> {
     let rng = SystemRandom::new();
     let der = match alg.key_kind() {
         KeyKind::Rsa => {
-            let pair = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "RSA key generation failed")?;
+            let pair =
+                RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| "RSA key generation failed")?;
             let der: Pkcs8V1Der = pair.as_der().map_err(|_| "RSA key encoding failed")?;
             der.as_ref().to_vec()
         }
-        kind @ (KeyKind::EcP256 | KeyKind::EcP384) => EcdsaKeyPair::generate_pkcs8(ecdsa_signing(kind), &rng)
-            .map_err(|_| "EC key generation failed")?
-            .as_ref()
-            .to_vec(),
+        kind @ (KeyKind::EcP256 | KeyKind::EcP384) => {
+            EcdsaKeyPair::generate_pkcs8(ecdsa_signing(kind), &rng)
+                .map_err(|_| "EC key generation failed")?
+                .as_ref()
+                .to_vec()
+        }
         KeyKind::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| "Ed25519 key generation failed")?
             .as_ref()
@@ -193,7 +205,12 @@ pub struct KeygenOutput {
 /// Writes `DIR/KID.pem` (PKCS#8, mode 0600) and `DIR/KID.pub.pem` (SPKI).
 /// Refuses to overwrite an existing key.
 pub fn keygen(alg: Algorithm, kid: &str, dir: &Path) -> Result<KeygenOutput, String> {
-    if kid.is_empty() || !kid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || kid.starts_with('.') {
+    if kid.is_empty()
+        || !kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || kid.starts_with('.')
+    {
         return Err(format!(
             "kid `{kid}` must be letters, digits, `-`, `_` or `.` (it names the files)"
         ));
@@ -206,7 +223,11 @@ pub fn keygen(alg: Algorithm, kid: &str, dir: &Path) -> Result<KeygenOutput, Str
     let public_path = dir.join(format!("{kid}.pub.pem"));
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     write_new(&private_path, private_pem.as_bytes(), 0o600)?;
-    write_new(&public_path, pem::encode("PUBLIC KEY", &spki).as_bytes(), 0o644)?;
+    write_new(
+        &public_path,
+        pem::encode("PUBLIC KEY", &spki).as_bytes(),
+        0o644,
+    )?;
     Ok(KeygenOutput {
         private_path,
         public_path,
@@ -249,7 +270,13 @@ mod tests {
 
     #[test]
     fn every_algorithm_signs_and_verifies() {
-        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384, Algorithm::EdDsa] {
+        for alg in [
+            Algorithm::Rs256,
+            Algorithm::Ps256,
+            Algorithm::Es256,
+            Algorithm::Es384,
+            Algorithm::EdDsa,
+        ] {
             let key = generate("k", alg).unwrap();
             let signer = key.signer.as_ref().unwrap();
             let sig = signer.sign(b"hello").unwrap();

@@ -125,8 +125,12 @@ impl Verifier {
     /// takes (PKCS#1 for RSA, an uncompressed point for EC, 32 bytes for
     /// Ed25519).
     pub fn new(kid: &str, alg: Algorithm, public_key: &[u8]) -> Result<Verifier, String> {
-        let key = ParsedPublicKey::new(alg.verification(), public_key)
-            .map_err(|e| format!("not a valid {} public key for {alg}: {e}", kind_name(alg.key_kind())))?;
+        let key = ParsedPublicKey::new(alg.verification(), public_key).map_err(|e| {
+            format!(
+                "not a valid {} public key for {alg}: {e}",
+                kind_name(alg.key_kind())
+            )
+        })?;
         let jwk = jwk::public_jwk(kid, alg, public_key)?;
         Ok(Verifier {
             kid: kid.to_owned(),

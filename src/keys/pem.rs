@@ -14,7 +14,9 @@ pub struct PemBlock {
 pub fn decode(text: &str) -> Result<PemBlock, String> {
     let mut lines = text.lines().map(str::trim);
     let label = loop {
-        let line = lines.next().ok_or("no PEM block (-----BEGIN …----- line) found")?;
+        let line = lines
+            .next()
+            .ok_or("no PEM block (-----BEGIN …----- line) found")?;
         if let Some(rest) = line.strip_prefix("-----BEGIN ") {
             break rest
                 .strip_suffix("-----")
@@ -69,7 +71,9 @@ mod tests {
             })
         );
         assert!(decode("hello").unwrap_err().contains("no PEM block"));
-        assert!(decode("-----BEGIN X-----\nAAAA\n").unwrap_err().contains("no END"));
+        assert!(decode("-----BEGIN X-----\nAAAA\n")
+            .unwrap_err()
+            .contains("no END"));
         assert!(decode("-----BEGIN X-----\n!!!!\n-----END X-----\n")
             .unwrap_err()
             .contains("base64"));

@@ -30,28 +30,47 @@ impl JwtPolicy {
     pub fn build(config: &JwtPolicyConfig) -> Result<JwtPolicy, (String, String)> {
         let audiences = config.audience.clone().into_vec();
         if audiences.is_empty() || audiences.iter().any(String::is_empty) {
-            return Err(("audience".into(), "must name at least one non-empty audience".into()));
+            return Err((
+                "audience".into(),
+                "must name at least one non-empty audience".into(),
+            ));
         }
         for scope in &config.scopes {
-            if scope.is_empty() || scope.contains(char::is_whitespace) || !jws::is_header_safe(scope) {
-                return Err(("scopes".into(), format!("`{scope}` is not a valid scope token")));
+            if scope.is_empty()
+                || scope.contains(char::is_whitespace)
+                || !jws::is_header_safe(scope)
+            {
+                return Err((
+                    "scopes".into(),
+                    format!("`{scope}` is not a valid scope token"),
+                ));
             }
         }
         let header = |field: &str, name: &str| {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| (field.to_owned(), format!("`{name}` is not a valid header name")))
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                (
+                    field.to_owned(),
+                    format!("`{name}` is not a valid header name"),
+                )
+            })
         };
         let subject_header = header("inject.subject", &config.inject.subject)?;
         let scopes_header = header("inject.scopes", &config.inject.scopes)?;
         let mut claim_headers = Vec::new();
         for (claim, name) in &config.inject.claims {
-            claim_headers.push((claim.clone(), header(&format!("inject.claims.{claim}"), name)?));
+            claim_headers.push((
+                claim.clone(),
+                header(&format!("inject.claims.{claim}"), name)?,
+            ));
         }
         let mut all: Vec<&HeaderName> = vec![&subject_header, &scopes_header];
         all.extend(claim_headers.iter().map(|(_, h)| h));
         for (i, name) in all.iter().enumerate() {
             if is_reserved(name) {
-                return Err(("inject".into(), format!("`{name}` cannot be injected (a protocol or gateway header)")));
+                return Err((
+                    "inject".into(),
+                    format!("`{name}` cannot be injected (a protocol or gateway header)"),
+                ));
             }
             if all[..i].contains(name) {
                 return Err(("inject".into(), format!("`{name}` is injected twice")));
@@ -90,13 +109,22 @@ impl JwtPolicy {
 
     /// Runs when the route is matched, before forwarding: extract the bearer
     /// token, verify it, check the scopes, and record the identity headers.
-    pub fn apply(&self, input: &PolicyInput<'_>, verdict: &mut Verdict) -> Result<(), GatewayError> {
+    pub fn apply(
+        &self,
+        input: &PolicyInput<'_>,
+        verdict: &mut Verdict,
+    ) -> Result<(), GatewayError> {
         let token = bearer_token(input)?;
         let parsed = jws::parse(token).map_err(GatewayError::InvalidToken)?;
         let verifier = jws::select_key(&parsed, input.keys).map_err(GatewayError::InvalidToken)?;
         jws::check_signature(&parsed, verifier).map_err(GatewayError::InvalidToken)?;
-        let identity = jws::check_claims(&parsed, &self.rules, input.now).map_err(GatewayError::InvalidToken)?;
-        if !self.required_scopes.iter().all(|s| identity.scopes.contains(s)) {
+        let identity = jws::check_claims(&parsed, &self.rules, input.now)
+            .map_err(GatewayError::InvalidToken)?;
+        if !self
+            .required_scopes
+            .iter()
+            .all(|s| identity.scopes.contains(s))
+        {
             return Err(GatewayError::InsufficientScope {
                 required: self.required_scopes_text.clone(),
             });
@@ -112,7 +140,8 @@ impl JwtPolicy {
             let value = HeaderValue::from_str(subject).map_err(|_| invalid_claims())?;
             verdict.inject.push((self.subject_header.clone(), value));
         }
-        let scopes = HeaderValue::from_str(&identity.scopes.join(" ")).map_err(|_| invalid_claims())?;
+        let scopes =
+            HeaderValue::from_str(&identity.scopes.join(" ")).map_err(|_| invalid_claims())?;
         verdict.inject.push((self.scopes_header.clone(), scopes));
         for (claim, header) in &self.claim_headers {
             let text = match parsed.claims.get(claim) {
@@ -135,8 +164,19 @@ impl JwtPolicy {
 /// Headers that must never be overwritten by an identity injection.
 fn is_reserved(name: &HeaderName) -> bool {
     const RESERVED: [&str; 14] = [
-        "host", "authorization", "content-length", "content-type", "transfer-encoding", "connection",
-        "te", "upgrade", "trailer", "keep-alive", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "host",
+        "authorization",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "trailer",
+        "keep-alive",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
         "x-request-id",
     ];
     RESERVED.contains(&name.as_str())
@@ -151,21 +191,29 @@ fn bearer_token<'h>(input: &PolicyInput<'h>) -> Result<&'h str, GatewayError> {
         return Err(GatewayError::MissingToken);
     };
     if values.next().is_some() {
-        return Err(GatewayError::MalformedAuthorization("several Authorization headers"));
+        return Err(GatewayError::MalformedAuthorization(
+            "several Authorization headers",
+        ));
     }
     let text = value
         .to_str()
         .map_err(|_| GatewayError::MalformedAuthorization("Authorization header is not ASCII"))?;
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(GatewayError::MalformedAuthorization("Authorization header is not Bearer <token>"));
+        return Err(GatewayError::MalformedAuthorization(
+            "Authorization header is not Bearer <token>",
+        ));
     }
     let token = rest.trim_start_matches(' ');
     if token.is_empty() {
-        return Err(GatewayError::MalformedAuthorization("bearer token is empty"));
+        return Err(GatewayError::MalformedAuthorization(
+            "bearer token is empty",
+        ));
     }
     if token.contains([' ', '\t']) {
-        return Err(GatewayError::MalformedAuthorization("Authorization header is not Bearer <token>"));
+        return Err(GatewayError::MalformedAuthorization(
+            "Authorization header is not Bearer <token>",
+        ));
     }
     Ok(token)
 }
@@ -195,8 +243,21 @@ mod tests {
         assert_eq!(token_from(&["Bearer abc"]), Ok("abc".into()));
         assert_eq!(token_from(&["bEaReR    abc"]), Ok("abc".into()));
         assert_eq!(token_from(&[]), Err(GatewayError::MissingToken));
-        for bad in [&["Bearer"][..], &["Bearer "], &["Basic abc"], &["Bearerabc"], &["Bearer a b"], &["Bearer a", "Bearer b"]] {
-            assert!(matches!(token_from(bad), Err(GatewayError::MalformedAuthorization(_))), "{bad:?}");
+        for bad in [
+            &["Bearer"][..],
+            &["Bearer "],
+            &["Basic abc"],
+            &["Bearerabc"],
+            &["Bearer a b"],
+            &["Bearer a", "Bearer b"],
+        ] {
+            assert!(
+                matches!(
+                    token_from(bad),
+                    Err(GatewayError::MalformedAuthorization(_))
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

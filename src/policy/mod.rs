@@ -37,7 +37,11 @@ pub struct Verdict {
 
 impl Policy {
     /// Runs this step. `Err` answers the request instead of forwarding it.
-    pub fn apply(&self, input: &PolicyInput<'_>, verdict: &mut Verdict) -> Result<(), GatewayError> {
+    pub fn apply(
+        &self,
+        input: &PolicyInput<'_>,
+        verdict: &mut Verdict,
+    ) -> Result<(), GatewayError> {
         match self {
             Policy::Jwt(policy) => policy.apply(input, verdict),
         }

@@ -123,13 +123,17 @@ impl ClientRegistry {
             if !is_valid_client_id(&config.id) {
                 return Err((field("id"), "must be 1 to 256 printable characters".into()));
             }
-            let secret = SecretHash::parse(&config.secret_hash).map_err(|e| (field("secret_hash"), e))?;
+            let secret =
+                SecretHash::parse(&config.secret_hash).map_err(|e| (field("secret_hash"), e))?;
             if secret.is_argon2() && argon2_pad.is_none() {
                 argon2_pad = Some(secret.clone());
             }
             for scope in &config.scopes {
                 if !is_valid_scope(scope) {
-                    return Err((field("scopes"), format!("`{scope}` is not a valid scope token")));
+                    return Err((
+                        field("scopes"),
+                        format!("`{scope}` is not a valid scope token"),
+                    ));
                 }
             }
             let client = Client {
@@ -143,9 +147,12 @@ impl ClientRegistry {
             }
         }
         let mut random = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut random)
-            .map_err(|_| (String::from("clients"), String::from("no randomness available")))?;
+        SystemRandom::new().fill(&mut random).map_err(|_| {
+            (
+                String::from("clients"),
+                String::from("no randomness available"),
+            )
+        })?;
         Ok(ClientRegistry {
             clients,
             dummy: argon2_pad.clone().unwrap_or(SecretHash::Sha256(random)),
@@ -182,7 +189,10 @@ pub fn is_valid_client_id(id: &str) -> bool {
 
 /// RFC 6749 §3.3 scope-token: printable ASCII except space, `"` and `\`.
 pub fn is_valid_scope(scope: &str) -> bool {
-    !scope.is_empty() && scope.chars().all(|c| ('!'..='~').contains(&c) && c != '"' && c != '\\')
+    !scope.is_empty()
+        && scope
+            .chars()
+            .all(|c| ('!'..='~').contains(&c) && c != '"' && c != '\\')
 }
 
 #[cfg(test)]
@@ -214,11 +224,19 @@ mod tests {
     fn argon2id_hashes_verify_and_pad_the_registry() {
         let hash = argon2id_secret_hash(b"pw").unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        let registry = ClientRegistry::build(&[client("a", hash), client("b", sha256_secret_hash(b"pw2"))]).unwrap();
+        let registry =
+            ClientRegistry::build(&[client("a", hash), client("b", sha256_secret_hash(b"pw2"))])
+                .unwrap();
         assert!(registry.is_expensive());
-        assert_eq!(registry.authenticate("a", b"pw").map(|c| c.id.as_str()), Some("a"));
+        assert_eq!(
+            registry.authenticate("a", b"pw").map(|c| c.id.as_str()),
+            Some("a")
+        );
         assert!(registry.authenticate("a", b"nope").is_none());
-        assert_eq!(registry.authenticate("b", b"pw2").map(|c| c.id.as_str()), Some("b"));
+        assert_eq!(
+            registry.authenticate("b", b"pw2").map(|c| c.id.as_str()),
+            Some("b")
+        );
         assert!(registry.authenticate("ghost", b"pw").is_none());
     }
 
@@ -229,7 +247,10 @@ mod tests {
         assert!(registry.authenticate("a", b"wrong").is_none());
         assert!(registry.authenticate("b", b"pw").is_none());
         assert!(registry.authenticate("a", b"pw").is_some());
-        let dup = ClientRegistry::build(&[client("a", sha256_secret_hash(b"x")), client("a", sha256_secret_hash(b"y"))]);
+        let dup = ClientRegistry::build(&[
+            client("a", sha256_secret_hash(b"x")),
+            client("a", sha256_secret_hash(b"y")),
+        ]);
         assert_eq!(dup.unwrap_err().0, "clients[1].id");
     }
 }

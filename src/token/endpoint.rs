@@ -36,17 +36,30 @@ pub struct TokenEndpoint {
 
 impl TokenEndpoint {
     /// `Err((field, message))`, the field relative to `token_endpoint`.
-    pub fn build(config: &TokenEndpointConfig, keys: &KeySet) -> Result<TokenEndpoint, (String, String)> {
-        if !config.path.starts_with('/') || crate::router::check_normal_form(&config.path).is_err() {
-            return Err(("path".into(), format!("`{}` must be an absolute path in normal form", config.path)));
+    pub fn build(
+        config: &TokenEndpointConfig,
+        keys: &KeySet,
+    ) -> Result<TokenEndpoint, (String, String)> {
+        if !config.path.starts_with('/') || crate::router::check_normal_form(&config.path).is_err()
+        {
+            return Err((
+                "path".into(),
+                format!("`{}` must be an absolute path in normal form", config.path),
+            ));
         }
-        let key = keys
-            .get(&config.signing_key)
-            .ok_or_else(|| ("signing_key".to_owned(), format!("no key with kid `{}` under keys:", config.signing_key)))?;
+        let key = keys.get(&config.signing_key).ok_or_else(|| {
+            (
+                "signing_key".to_owned(),
+                format!("no key with kid `{}` under keys:", config.signing_key),
+            )
+        })?;
         let signer = key.signer.clone().ok_or_else(|| {
             (
                 "signing_key".to_owned(),
-                format!("key `{}` has no private key (it is verify-only)", config.signing_key),
+                format!(
+                    "key `{}` has no private key (it is verify-only)",
+                    config.signing_key
+                ),
             )
         })?;
         if config.audience.is_empty() {
@@ -57,13 +70,21 @@ impl TokenEndpoint {
         }
         for scope in &config.default_scopes {
             if !is_valid_scope(scope) {
-                return Err(("default_scopes".into(), format!("`{scope}` is not a valid scope token")));
+                return Err((
+                    "default_scopes".into(),
+                    format!("`{scope}` is not a valid scope token"),
+                ));
             }
         }
         let clients = match (&config.clients, config.any_client) {
             (Some(clients), _) => clients.as_slice(),
             (None, true) => &[],
-            (None, false) => return Err(("clients".into(), "required unless any_client is true".into())),
+            (None, false) => {
+                return Err((
+                    "clients".into(),
+                    "required unless any_client is true".into(),
+                ))
+            }
         };
         let clients = ClientRegistry::build(clients)?;
         Ok(TokenEndpoint {
@@ -81,17 +102,27 @@ impl TokenEndpoint {
 
     /// Handles one request to the token endpoint path, any method. `now` is
     /// seconds since the epoch.
-    pub async fn handle(&self, request: Request<Body>, now: u64) -> Result<Response<Body>, GatewayError> {
+    pub async fn handle(
+        &self,
+        request: Request<Body>,
+        now: u64,
+    ) -> Result<Response<Body>, GatewayError> {
         if request.method() != Method::POST {
             return Err(GatewayError::TokenMethodNotAllowed);
         }
         if let Some(query) = request.uri().query() {
-            if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "client_id" || k == "client_secret") {
-                return Err(invalid_request("client credentials must not be sent in the query string"));
+            if form_urlencoded::parse(query.as_bytes())
+                .any(|(k, _)| k == "client_id" || k == "client_secret")
+            {
+                return Err(invalid_request(
+                    "client credentials must not be sent in the query string",
+                ));
             }
         }
         if !is_form_content_type(request.headers()) {
-            return Err(invalid_request("content type must be application/x-www-form-urlencoded"));
+            return Err(invalid_request(
+                "content type must be application/x-www-form-urlencoded",
+            ));
         }
         let (parts, body) = request.into_parts();
         let body = collect_limited(body, MAX_TOKEN_REQUEST_BYTES)
@@ -125,12 +156,20 @@ impl TokenEndpoint {
                     .map(|c| (c.id.clone(), c.audience.clone(), c.scopes.clone()))
             };
             let client = if self.clients.is_expensive() {
-                tokio::task::spawn_blocking(authenticate).await.ok().flatten()
+                tokio::task::spawn_blocking(authenticate)
+                    .await
+                    .ok()
+                    .flatten()
             } else {
                 authenticate()
             };
-            let (id, audience, scopes) = client.ok_or(invalid_client("client authentication failed"))?;
-            (id, audience.unwrap_or_else(|| self.audience.clone()), scopes)
+            let (id, audience, scopes) =
+                client.ok_or(invalid_client("client authentication failed"))?;
+            (
+                id,
+                audience.unwrap_or_else(|| self.audience.clone()),
+                scopes,
+            )
         };
 
         let granted = granted_scopes(form.get("scope"), &allowed)?;
@@ -144,7 +183,8 @@ impl TokenEndpoint {
             self.not_before_skew_secs,
         )
         .map_err(|_| invalid_request("the token could not be issued"))?;
-        let access_token = mint::sign(&self.signer, &claims).map_err(|_| invalid_request("the token could not be issued"))?;
+        let access_token = mint::sign(&self.signer, &claims)
+            .map_err(|_| invalid_request("the token could not be issued"))?;
         Ok(token_response(&TokenResponse {
             access_token: &access_token,
             token_type: "bearer",
@@ -214,7 +254,10 @@ impl Form {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -229,12 +272,15 @@ fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<(String, Strin
     }
     let (id, secret) = match authorization {
         Some(value) => {
-            let (id, secret) = basic_credentials(value).ok_or(invalid_client("malformed Basic credentials"))?;
+            let (id, secret) =
+                basic_credentials(value).ok_or(invalid_client("malformed Basic credentials"))?;
             if form.get("client_secret").is_some() {
                 return Err(invalid_request("use one client authentication method"));
             }
             if form.get("client_id").is_some_and(|body_id| body_id != id) {
-                return Err(invalid_request("client_id does not match the Basic credentials"));
+                return Err(invalid_request(
+                    "client_id does not match the Basic credentials",
+                ));
             }
             (id, secret)
         }
@@ -283,7 +329,10 @@ fn form_decode(text: &str) -> Option<String> {
 }
 
 /// The requested scopes if all are allowed (absent: all allowed ones).
-fn granted_scopes(requested: Option<&str>, allowed: &[String]) -> Result<Vec<String>, GatewayError> {
+fn granted_scopes(
+    requested: Option<&str>,
+    allowed: &[String],
+) -> Result<Vec<String>, GatewayError> {
     let invalid_scope = |description| GatewayError::OAuth {
         code: OAuthErrorCode::InvalidScope,
         description,
@@ -294,7 +343,9 @@ fn granted_scopes(requested: Option<&str>, allowed: &[String]) -> Result<Vec<Str
     let mut granted: Vec<String> = Vec::new();
     for scope in requested.split(' ').filter(|s| !s.is_empty()) {
         if !is_valid_scope(scope) || !allowed.iter().any(|a| a == scope) {
-            return Err(invalid_scope("a requested scope is not allowed for this client"));
+            return Err(invalid_scope(
+                "a requested scope is not allowed for this client",
+            ));
         }
         if !granted.iter().any(|g| g == scope) {
             granted.push(scope.to_owned());
@@ -312,15 +363,30 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_form_url_decoded() {
-        let header = |raw: &str| HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).unwrap();
-        assert_eq!(basic_credentials(&header("my%20client:p%3Aw+d")), Some(("my client".into(), "p:w d".into())));
-        assert_eq!(basic_credentials(&header("a:b:c")), Some(("a".into(), "b:c".into())));
+        let header =
+            |raw: &str| HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).unwrap();
+        assert_eq!(
+            basic_credentials(&header("my%20client:p%3Aw+d")),
+            Some(("my client".into(), "p:w d".into()))
+        );
+        assert_eq!(
+            basic_credentials(&header("a:b:c")),
+            Some(("a".into(), "b:c".into()))
+        );
         assert_eq!(basic_credentials(&header("nocolon")), None);
         assert_eq!(basic_credentials(&header("a%zz:b")), None);
-        assert_eq!(basic_credentials(&HeaderValue::from_static("Basic !!!")), None);
-        assert_eq!(basic_credentials(&HeaderValue::from_static("Bearer abc")), None);
         assert_eq!(
-            basic_credentials(&HeaderValue::from_str(&format!("bAsIc {}", STANDARD.encode("a:b"))).unwrap()),
+            basic_credentials(&HeaderValue::from_static("Basic !!!")),
+            None
+        );
+        assert_eq!(
+            basic_credentials(&HeaderValue::from_static("Bearer abc")),
+            None
+        );
+        assert_eq!(
+            basic_credentials(
+                &HeaderValue::from_str(&format!("bAsIc {}", STANDARD.encode("a:b"))).unwrap()
+            ),
             Some(("a".into(), "b".into()))
         );
     }
@@ -329,8 +395,14 @@ mod tests {
     fn scopes_are_a_subset_of_the_allowed_ones() {
         let allowed = vec!["read".to_owned(), "write".to_owned()];
         assert_eq!(granted_scopes(None, &allowed).unwrap(), allowed);
-        assert_eq!(granted_scopes(Some("write"), &allowed).unwrap(), vec!["write"]);
-        assert_eq!(granted_scopes(Some("write read write"), &allowed).unwrap(), vec!["write", "read"]);
+        assert_eq!(
+            granted_scopes(Some("write"), &allowed).unwrap(),
+            vec!["write"]
+        );
+        assert_eq!(
+            granted_scopes(Some("write read write"), &allowed).unwrap(),
+            vec!["write", "read"]
+        );
         assert!(granted_scopes(Some("admin"), &allowed).is_err());
         assert!(granted_scopes(Some(" "), &allowed).is_err());
     }
@@ -338,7 +410,10 @@ mod tests {
     #[test]
     fn content_types_with_parameters_are_accepted() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("Application/X-WWW-Form-Urlencoded; charset=UTF-8"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+        );
         assert!(is_form_content_type(&headers));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         assert!(!is_form_content_type(&headers));

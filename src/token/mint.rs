@@ -1,8 +1,8 @@
 //! Signing access tokens: the header and claims of SPEC §1.
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 
 use crate::keys::Signer;
@@ -24,7 +24,15 @@ pub struct AccessClaims {
 
 impl AccessClaims {
     /// Claims for a token issued at `now`: `exp = now + ttl`, `nbf = now − skew`.
-    pub fn new(sub: &str, aud: &str, scopes: &[String], iss: Option<&str>, now: u64, ttl_secs: u64, skew_secs: u64) -> Result<AccessClaims, String> {
+    pub fn new(
+        sub: &str,
+        aud: &str,
+        scopes: &[String],
+        iss: Option<&str>,
+        now: u64,
+        ttl_secs: u64,
+        skew_secs: u64,
+    ) -> Result<AccessClaims, String> {
         Ok(AccessClaims {
             sub: sub.to_owned(),
             aud: aud.to_owned(),

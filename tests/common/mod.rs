@@ -66,15 +66,25 @@ fn generate(alg: Algorithm) -> KeyPair {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Mints a token with the independent `jsonwebtoken` implementation.
-pub fn mint(pair: &KeyPair, alg: jsonwebtoken::Algorithm, kid: Option<&str>, claims: &Value) -> String {
+pub fn mint(
+    pair: &KeyPair,
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: &Value,
+) -> String {
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_owned);
     let key = match alg {
-        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pair.private_pem.as_bytes()),
+        jsonwebtoken::Algorithm::ES256 => {
+            jsonwebtoken::EncodingKey::from_ec_pem(pair.private_pem.as_bytes())
+        }
         _ => jsonwebtoken::EncodingKey::from_rsa_pem(pair.private_pem.as_bytes()),
     }
     .unwrap();
@@ -83,7 +93,12 @@ pub fn mint(pair: &KeyPair, alg: jsonwebtoken::Algorithm, kid: Option<&str>, cla
 
 /// A token from the `gw` key with the given claims.
 pub fn gw_token(claims: &Value) -> String {
-    mint(&keys().rsa, jsonwebtoken::Algorithm::RS256, Some("gw"), claims)
+    mint(
+        &keys().rsa,
+        jsonwebtoken::Algorithm::RS256,
+        Some("gw"),
+        claims,
+    )
 }
 
 /// Standard valid claims for audience `orders`, overridable.
@@ -149,14 +164,20 @@ impl Upstream {
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let record = record.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let record = record.clone();
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let slow = parts.uri.path() == "/slow";
                             record.lock().unwrap().push(Recorded {
                                 method: parts.method,
@@ -269,8 +290,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -279,11 +304,21 @@ impl Answer {
 
     /// Asserts a gateway-made JSON error with this status and `error`.
     pub fn assert_error(&self, status: u16, error: &str) {
-        assert_eq!(self.status.as_u16(), status, "body: {:?}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "body: {:?}",
+            String::from_utf8_lossy(&self.body)
+        );
         assert_eq!(self.header("content-type"), Some("application/json"));
         let json = self.json();
         assert_eq!(json["error"], error, "{json}");
-        assert!(json["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{json}");
+        assert!(
+            json["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "{json}"
+        );
     }
 }
 
@@ -297,7 +332,9 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let request = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let request = builder
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
     let response = tokio::time::timeout(DEADLINE, client().request(request))
         .await
         .expect("request timed out")
@@ -333,12 +370,19 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
             }
             let n = stream.read(&mut chunk).await.unwrap_or(0);
             if n == 0 {
-                return parse_response(&buffer).unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&buffer)));
+                return parse_response(&buffer).unwrap_or_else(|| {
+                    panic!(
+                        "incomplete response: {:?}",
+                        String::from_utf8_lossy(&buffer)
+                    )
+                });
             }
             buffer.extend_from_slice(&chunk[..n]);
         }
     };
-    tokio::time::timeout(DEADLINE, read).await.expect("raw request timed out")
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("raw request timed out")
 }
 
 fn parse_response(buffer: &[u8]) -> Option<Answer> {
