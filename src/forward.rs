@@ -193,7 +193,12 @@ fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
         .collect();
     let peer_ip = peer.ip().to_string();
     parts.push(&peer_ip);
-    HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from(0))
+    let joined = parts.join(", ");
+    // Every part came from a valid header value or an IP address, so the
+    // join is valid too; fall back to the peer alone rather than fail.
+    HeaderValue::from_str(&joined).unwrap_or_else(|_| {
+        HeaderValue::from_str(&peer_ip).unwrap_or(HeaderValue::from_static("unknown"))
+    })
 }
 
 /// Sends the request; `upstream_timeout` covers connecting and waiting for

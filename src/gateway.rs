@@ -87,10 +87,14 @@ async fn route_and_forward<'s>(
         Ok(host) => host.cloned(),
         Err(e) => return unrouted_error(e),
     };
-    let host = host_header
+    // RFC 9112 §3.2.2: an absolute-form target's authority replaces `Host`.
+    let client_host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => host_header,
+    };
+    let host = client_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
         .map(router::host_for_matching);
     let path = request.uri().path().to_owned();
     let now = unix_now();
@@ -137,7 +141,7 @@ async fn route_and_forward<'s>(
     let client = ClientInfo {
         peer: connection.peer,
         proto: connection.proto,
-        host: host_header.as_ref(),
+        host: client_host.as_ref(),
     };
     let target_path = if route.strip_prefix {
         route.matcher.strip(&path)

@@ -703,3 +703,18 @@ async fn tokens_verify_against_the_published_jwks_with_an_independent_library() 
     validation.set_audience(&["orders"]);
     assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).is_ok());
 }
+
+#[tokio::test]
+async fn an_absolute_form_target_routes_by_its_authority() {
+    let (gw, up) = setup().await;
+    let request = b"GET http://api.example.com/hosted/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n";
+    let answer = raw(gw.addr(), request).await;
+    assert_eq!(answer.status, 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].target, "/hosted/x");
+    assert_eq!(
+        header_values(&seen[0], "x-forwarded-host"),
+        vec!["api.example.com"]
+    );
+    assert_eq!(header_values(&seen[0], "host"), vec![up.addr.to_string()]);
+}
