@@ -73,7 +73,11 @@ fn ecdsa_signing(kind: KeyKind) -> &'static EcdsaSigningAlgorithm {
 
 /// Parses a private key (PKCS#8, or the PKCS#1 / SEC1 legacy forms) for `alg`.
 pub(crate) fn parse_private_pem(text: &str, alg: Algorithm) -> Result<KeyPair, String> {
-    let block = pem::decode(text)?;
+    parse_private_der(&pem::decode(text)?, alg)
+}
+
+/// Parses one decoded PEM block as a private key for `alg`.
+fn parse_private_der(block: &pem::PemBlock, alg: Algorithm) -> Result<KeyPair, String> {
     let kind = alg.key_kind();
     let wrong = |e: &dyn std::fmt::Display| {
         format!(
@@ -169,8 +173,11 @@ pub fn generate_pkcs8(alg: Algorithm) -> Result<Vec<u8>, String> {
 
 /// A fresh in-memory key (`generate: true`).
 pub fn generate(kid: &str, alg: Algorithm) -> Result<LocalKey, String> {
-    let pem_text = pem::encode("PRIVATE KEY", &generate_pkcs8(alg)?);
-    local_key_from_pair(kid, alg, parse_private_pem(&pem_text, alg)?)
+    let block = pem::PemBlock {
+        label: "PRIVATE KEY".to_owned(),
+        der: generate_pkcs8(alg)?,
+    };
+    local_key_from_pair(kid, alg, parse_private_der(&block, alg)?)
 }
 
 /// Loads a `private_key:` file.
@@ -215,9 +222,12 @@ pub fn keygen(alg: Algorithm, kid: &str, dir: &Path) -> Result<KeygenOutput, Str
             "kid `{kid}` must be letters, digits, `-`, `_` or `.` (it names the files)"
         ));
     }
-    let pkcs8 = generate_pkcs8(alg)?;
-    let private_pem = pem::encode("PRIVATE KEY", &pkcs8);
-    let pair = parse_private_pem(&private_pem, alg)?;
+    let block = pem::PemBlock {
+        label: "PRIVATE KEY".to_owned(),
+        der: generate_pkcs8(alg)?,
+    };
+    let pair = parse_private_der(&block, alg)?;
+    let private_pem = pem::encode(&block.label, &block.der);
     let spki = spki_der(&pair)?;
     let private_path = dir.join(format!("{kid}.pem"));
     let public_path = dir.join(format!("{kid}.pub.pem"));
