@@ -231,13 +231,26 @@ pub fn keygen(alg: Algorithm, kid: &str, dir: &Path) -> Result<KeygenOutput, Str
     let spki = spki_der(&pair)?;
     let private_path = dir.join(format!("{kid}.pem"));
     let public_path = dir.join(format!("{kid}.pub.pem"));
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            return Err(format!(
+                "{}: already exists (refusing to overwrite a key)",
+                path.display()
+            ));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
     write_new(&private_path, private_pem.as_bytes(), 0o600)?;
-    write_new(
+    let public = write_new(
         &public_path,
         pem::encode("PUBLIC KEY", &spki).as_bytes(),
         0o644,
-    )?;
+    );
+    if let Err(e) = public {
+        // Never leave half a pair behind.
+        let _ = std::fs::remove_file(&private_path);
+        return Err(e);
+    }
     Ok(KeygenOutput {
         private_path,
         public_path,

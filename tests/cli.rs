@@ -1,0 +1,1276 @@
+//! End-to-end tests of the `jwtgate` command line (SPEC §2) and of the
+//! configuration rules it enforces (SPEC §4), run against the real binary.
+//!
+//! Every child process is owned by a [`ChildGuard`] (killed and reaped on
+//! drop, panics included), every wait has a deadline, and every listener is
+//! on port 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
+
+/// `hashlib.sha256(b"s3cret").hexdigest()`, computed outside this project.
+const SHA256_S3CRET: &str = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+/// `hashlib.sha256(b"s3cret\n").hexdigest()`.
+const SHA256_S3CRET_NL: &str = "82ba9d712d21dc7585dd6a1f29790679985547f009baee10ea2e3edd41ce957d";
+/// `hashlib.sha256(b"a-long-random-client-secret-0123").hexdigest()`.
+const SHA256_LONG: &str = "7e9246aa13cf9c78e3883af339ff54dfc18de354d8ecd0e2dc9223dc0566cc30";
+
+/// The longest a one-shot command (keygen, check, …) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest `run` may take to log `listening on` and answer.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest `run` may take to give up on a bad config or address.
+const STARTUP_FAILURE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Process helpers
+// ---------------------------------------------------------------------------
+
+/// A child process that is killed and reaped when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary with a clean, predictable environment.
+fn jwtgate() -> Command {
+    let mut command = Command::new(BIN);
+    command.env_remove("JWTGATE_CONFIG").env("RUST_LOG", "info");
+    command
+}
+
+#[derive(Debug)]
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn drain<R: Read + Send + 'static>(mut reader: R) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `command` to completion with `stdin` as its input; panics (killing
+/// the child) if it takes longer than `timeout`.
+fn run_with_timeout(mut command: Command, stdin: &[u8], timeout: Duration) -> Output {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = ChildGuard(command.spawn().expect("spawn jwtgate"));
+    let mut input = guard.0.stdin.take().expect("stdin");
+    let stdin = stdin.to_vec();
+    // Dropping `input` at the end of the thread closes stdin (EOF).
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let stdout = drain(guard.0.stdout.take().expect("stdout"));
+    let stderr = drain(guard.0.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Output {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn run(command: Command) -> Output {
+    run_with_timeout(command, b"", COMMAND_TIMEOUT)
+}
+
+fn run_args(args: &[&str]) -> Output {
+    let mut command = jwtgate();
+    command.args(args);
+    run(command)
+}
+
+/// Asserts a failure: exit code 1, nothing on stdout, and exactly one line
+/// on stderr that starts with `prefix`. Returns that line.
+fn assert_fails_with(output: &Output, prefix: &str) -> String {
+    assert_eq!(output.code, Some(1), "{output:#?}");
+    assert_eq!(output.stdout, "", "{output:#?}");
+    let lines: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one clear error line: {output:#?}");
+    assert!(
+        lines[0].starts_with(prefix),
+        "stderr should start with {prefix:?}: {output:#?}"
+    );
+    lines[0].to_owned()
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Fixture: keys, a client secret hash and a valid config
+// ---------------------------------------------------------------------------
+
+fn keygen(alg: &str, kid: &str, out: &Path) -> Output {
+    run_args(&[
+        "keygen",
+        "--alg",
+        alg,
+        "--kid",
+        kid,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+fn hash_secret(stdin: &[u8], argon2id: bool) -> Output {
+    let mut command = jwtgate();
+    command.arg("hash-secret");
+    if argon2id {
+        command.arg("--argon2id");
+    }
+    run_with_timeout(command, stdin, COMMAND_TIMEOUT)
+}
+
+/// A temp dir with `keys/gw.pem` (RS256, signing), `keys/old.pub.pem`
+/// (RS256, verify-only) and the `sha256:` hash of the secret `s3cret`.
+struct Fixture {
+    dir: TempDir,
+    secret_hash: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = dir.path().join("keys");
+        for kid in ["gw", "old"] {
+            let output = keygen("RS256", kid, &keys);
+            assert_eq!(output.code, Some(0), "{output:#?}");
+        }
+        // Only the public half of `old` is kept: a verify-only key.
+        std::fs::remove_file(keys.join("old.pem")).unwrap();
+        let output = hash_secret(b"s3cret\n", false);
+        assert_eq!(output.code, Some(0), "{output:#?}");
+        let secret_hash = output.stdout.trim_end().to_owned();
+        Fixture { dir, secret_hash }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `name` in the fixture dir and returns its (absolute) path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A valid config: both keys by relative path, a token endpoint with one
+    /// client, one protected route, both listeners on loopback port 0.
+    fn valid_yaml(&self) -> String {
+        format!(
+            "\
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+keys:
+  - kid: gw
+    alg: RS256
+    private_key: keys/gw.pem
+  - kid: old
+    alg: RS256
+    public_key: keys/old.pub.pem
+token_endpoint:
+  path: /oauth2/token
+  issuer: https://api.example.com
+  signing_key: gw
+  audience: demo-resource
+  clients:
+    - id: my-client
+      secret_hash: \"{hash}\"
+      scopes: [read, write]
+routes:
+  - name: orders
+    match: {{path_prefix: /orders, methods: [GET, POST]}}
+    upstream: http://127.0.0.1:9
+    policies:
+      - jwt:
+          audience: orders
+          scopes: [read]
+",
+            hash = self.secret_hash
+        )
+    }
+
+    fn valid_config(&self) -> PathBuf {
+        self.write("gw.yaml", &self.valid_yaml())
+    }
+}
+
+fn check(config: &Path) -> Output {
+    run_args(&["check", "-c", config.to_str().unwrap()])
+}
+
+// ---------------------------------------------------------------------------
+// keygen
+// ---------------------------------------------------------------------------
+
+fn pem_der(text: &str, label: &str) -> Vec<u8> {
+    let begin = format!("-----BEGIN {label}-----\n");
+    let end = format!("-----END {label}-----\n");
+    assert!(text.starts_with(&begin), "{text}");
+    assert!(text.ends_with(&end), "{text}");
+    let body: String = text[begin.len()..text.len() - end.len()].lines().collect();
+    STANDARD.decode(body).expect("PEM body is base64")
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_writes_a_pkcs8_private_key_and_an_spki_public_key_for_each_algorithm() {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    let dir = tempfile::tempdir().unwrap();
+    // (alg, SPKI DER length: RSA-2048, P-256, Ed25519)
+    for (alg, spki_len) in [("RS256", 294), ("ES256", 91), ("EdDSA", 44)] {
+        let kid = format!("k-{alg}");
+        let out = dir.path().join("out");
+        let output = keygen(alg, &kid, &out);
+        let private = out.join(format!("{kid}.pem"));
+        let public = out.join(format!("{kid}.pub.pem"));
+        assert_eq!(output.code, Some(0), "{output:#?}");
+        assert_eq!(
+            output.stdout,
+            format!("{}\n{}\n", display(&private), display(&public)),
+            "{alg}"
+        );
+        assert_eq!(output.stderr, "", "{alg}");
+
+        let private_pem = std::fs::read_to_string(&private).unwrap();
+        let public_pem = std::fs::read_to_string(&public).unwrap();
+        assert!(
+            private_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{alg}: {private_pem}"
+        );
+        assert!(
+            public_pem.starts_with("-----BEGIN PUBLIC KEY-----"),
+            "{alg}: {public_pem}"
+        );
+        pem_der(&private_pem, "PRIVATE KEY");
+        assert_eq!(
+            pem_der(&public_pem, "PUBLIC KEY").len(),
+            spki_len,
+            "{alg}: SPKI size"
+        );
+        #[cfg(unix)]
+        assert_eq!(mode(&private), 0o600, "{alg}: private key mode");
+
+        // The two files are one key pair, readable by an independent library.
+        let (algorithm, encoding, decoding) = match alg {
+            "RS256" => (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
+                DecodingKey::from_rsa_pem(public_pem.as_bytes()).unwrap(),
+            ),
+            "ES256" => (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap(),
+                DecodingKey::from_ec_pem(public_pem.as_bytes()).unwrap(),
+            ),
+            _ => (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(private_pem.as_bytes()).unwrap(),
+                DecodingKey::from_ed_pem(public_pem.as_bytes()).unwrap(),
+            ),
+        };
+        let claims = json!({"sub": "x", "exp": 4_000_000_000u64});
+        let token = jsonwebtoken::encode(&Header::new(algorithm), &claims, &encoding).unwrap();
+        let mut validation = Validation::new(algorithm);
+        validation.validate_aud = false;
+        let decoded =
+            jsonwebtoken::decode::<Value>(&token, &decoding, &validation).unwrap_or_else(|e| {
+                panic!("{alg}: the public key does not verify the private key's signature: {e}")
+            });
+        assert_eq!(decoded.claims, claims);
+    }
+}
+
+#[test]
+fn keygen_writes_to_the_current_directory_without_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = jwtgate();
+    command
+        .args(["keygen", "--alg", "ES256", "--kid", "here"])
+        .current_dir(dir.path());
+    let output = run(command);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(dir.path().join("here.pem").is_file());
+    assert!(dir.path().join("here.pub.pem").is_file());
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_an_existing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(keygen("ES256", "k", dir.path()).code, Some(0));
+    let private = dir.path().join("k.pem");
+    let public = dir.path().join("k.pub.pem");
+    let before = (
+        std::fs::read(&private).unwrap(),
+        std::fs::read(&public).unwrap(),
+    );
+
+    let output = keygen("ES256", "k", dir.path());
+    let line = assert_fails_with(&output, "jwtgate: ");
+    assert!(
+        line.contains(&display(&private)),
+        "names the existing file: {line}"
+    );
+    let after = (
+        std::fs::read(&private).unwrap(),
+        std::fs::read(&public).unwrap(),
+    );
+    assert!(before == after, "an existing key must be left untouched");
+}
+
+/// When only `KID.pub.pem` exists, keygen refuses (it would overwrite it) —
+/// and must not leave behind a new `KID.pem` that does not match the
+/// existing public key.
+#[test]
+fn keygen_refusal_leaves_no_new_private_key_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(keygen("ES256", "k", dir.path()).code, Some(0));
+    let private = dir.path().join("k.pem");
+    let public = dir.path().join("k.pub.pem");
+    std::fs::remove_file(&private).unwrap();
+    let public_before = std::fs::read(&public).unwrap();
+
+    let output = keygen("ES256", "k", dir.path());
+    let line = assert_fails_with(&output, "jwtgate: ");
+    assert!(
+        line.contains(&display(&public)),
+        "names the existing file: {line}"
+    );
+    assert_eq!(std::fs::read(&public).unwrap(), public_before);
+    assert!(
+        !private.exists(),
+        "a refused keygen wrote {} (a private key that does not match the existing {})",
+        display(&private),
+        display(&public)
+    );
+}
+
+#[test]
+fn keygen_rejects_an_unknown_algorithm_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = keygen("HS256", "k", &out);
+    let line = assert_fails_with(&output, "jwtgate: ");
+    assert!(line.contains("HS256"), "{line}");
+    assert!(!out.join("k.pem").exists() && !out.join("k.pub.pem").exists());
+}
+
+#[test]
+fn keygen_rejects_a_kid_that_is_not_a_plain_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = keygen("ES256", "../escape", &out);
+    let line = assert_fails_with(&output, "jwtgate: ");
+    assert!(line.contains("../escape"), "{line}");
+    assert!(!dir.path().join("escape.pem").exists());
+}
+
+// ---------------------------------------------------------------------------
+// hash-secret
+// ---------------------------------------------------------------------------
+
+#[test]
+fn hash_secret_prints_the_sha256_of_the_secret_without_its_trailing_newline() {
+    for stdin in [&b"s3cret\n"[..], b"s3cret", b"s3cret\r\n"] {
+        let output = hash_secret(stdin, false);
+        assert_eq!(output.code, Some(0), "{output:#?}");
+        assert_eq!(
+            output.stdout,
+            format!("sha256:{SHA256_S3CRET}\n"),
+            "stdin {stdin:?}"
+        );
+    }
+}
+
+#[test]
+fn hash_secret_ignores_only_one_trailing_newline() {
+    let output = hash_secret(b"s3cret\n\n", false);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert_eq!(output.stdout, format!("sha256:{SHA256_S3CRET_NL}\n"));
+}
+
+#[test]
+fn hash_secret_of_a_long_secret_prints_only_the_hash() {
+    let output = hash_secret(b"a-long-random-client-secret-0123\n", false);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert_eq!(output.stdout, format!("sha256:{SHA256_LONG}\n"));
+    assert_eq!(output.stderr, "");
+}
+
+#[test]
+fn hash_secret_argon2id_prints_a_phc_string_that_verifies_the_secret() {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let output = hash_secret(b"s3cret\n", true);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(output.stdout.starts_with("$argon2id$"), "{output:#?}");
+    assert_eq!(output.stdout.lines().count(), 1, "{output:#?}");
+    let phc = output.stdout.trim_end();
+    let hash = PasswordHash::new(phc).expect("a PHC string");
+    let argon2 = argon2::Argon2::default();
+    assert!(
+        argon2.verify_password(b"s3cret", &hash).is_ok(),
+        "hashes `s3cret`"
+    );
+    assert!(
+        argon2.verify_password(b"s3cret\n", &hash).is_err(),
+        "the newline was stripped"
+    );
+}
+
+#[test]
+fn hash_secret_refuses_an_empty_secret() {
+    for stdin in [&b""[..], b"\n"] {
+        let output = hash_secret(stdin, false);
+        let line = assert_fails_with(&output, "jwtgate: ");
+        assert!(line.contains("empty"), "stdin {stdin:?}: {line}");
+    }
+    let output = hash_secret(b"", true);
+    assert_fails_with(&output, "jwtgate: ");
+}
+
+// ---------------------------------------------------------------------------
+// check
+// ---------------------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let output = check(&config);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert_eq!(output.stderr, "", "{output:#?}");
+    let ok = format!("{}: OK", display(&config));
+    assert!(
+        output.stdout.lines().any(|l| l == ok),
+        "expected a line {ok:?}: {output:#?}"
+    );
+}
+
+#[test]
+fn check_resolves_key_paths_beside_a_relative_config_path() {
+    let fixture = Fixture::new();
+    std::fs::create_dir(fixture.path("conf")).unwrap();
+    std::fs::rename(fixture.path("keys"), fixture.path("conf/keys")).unwrap();
+    fixture.write("conf/gw.yaml", &fixture.valid_yaml());
+    let mut command = jwtgate();
+    command
+        .args(["check", "-c", "conf/gw.yaml"])
+        .current_dir(fixture.dir.path());
+    let output = run(command);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(
+        output.stdout.lines().any(|l| l == "conf/gw.yaml: OK"),
+        "{output:#?}"
+    );
+}
+
+/// SPEC §4: paths are relative to the directory of the config path as
+/// given; a symlinked config file is not followed to find that directory.
+#[cfg(unix)]
+#[test]
+fn check_does_not_follow_a_config_symlink_to_resolve_paths() {
+    let fixture = Fixture::new();
+    std::fs::create_dir(fixture.path("mount")).unwrap();
+    std::fs::create_dir(fixture.path("elsewhere")).unwrap();
+    std::fs::rename(fixture.path("keys"), fixture.path("mount/keys")).unwrap();
+    fixture.write("elsewhere/gw.yaml", &fixture.valid_yaml());
+    std::os::unix::fs::symlink("../elsewhere/gw.yaml", fixture.path("mount/gw.yaml")).unwrap();
+    let config = fixture.path("mount/gw.yaml");
+    let output = check(&config);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(
+        output
+            .stdout
+            .lines()
+            .any(|l| l == format!("{}: OK", display(&config))),
+        "{output:#?}"
+    );
+}
+
+#[test]
+fn check_names_the_file_field_and_line_of_an_unknown_key() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("{path_prefix: /orders,", "{path_prefx: /orders,");
+    let config = fixture.write("bad.yaml", &yaml);
+    let line = assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: routes[0].match: unknown field `path_prefx`",
+            display(&config)
+        ),
+    );
+    assert!(line.contains(" line 21 "), "{line}");
+}
+
+#[test]
+fn check_names_the_file_and_line_of_a_yaml_syntax_error() {
+    let fixture = Fixture::new();
+    let config = fixture.write(
+        "bad.yaml",
+        "listen: 127.0.0.1:0\nkeys:\n- kid: a\n  alg: RS256\n bad: x\n",
+    );
+    let line = assert_fails_with(&check(&config), &format!("jwtgate: {}: ", display(&config)));
+    assert!(line.contains("line 5"), "{line}");
+}
+
+#[test]
+fn check_names_a_missing_key_file() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("keys/gw.pem", "keys/missing.pem");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: keys[0].private_key: {}: ",
+            display(&config),
+            display(&fixture.path("keys/missing.pem"))
+        ),
+    );
+}
+
+#[test]
+fn check_names_a_key_file_that_is_not_pem() {
+    let fixture = Fixture::new();
+    fixture.write("keys/garbage.pem", "this is not a key\n");
+    let yaml = fixture
+        .valid_yaml()
+        .replace("keys/gw.pem", "keys/garbage.pem");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: keys[0].private_key: {}: ",
+            display(&config),
+            display(&fixture.path("keys/garbage.pem"))
+        ),
+    );
+}
+
+#[test]
+fn check_names_a_pem_block_that_holds_no_usable_key() {
+    let fixture = Fixture::new();
+    fixture.write(
+        "keys/junk.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
+    );
+    let yaml = fixture.valid_yaml().replace("keys/gw.pem", "keys/junk.pem");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: keys[0].private_key: {}: ",
+            display(&config),
+            display(&fixture.path("keys/junk.pem"))
+        ),
+    );
+}
+
+#[test]
+fn check_refuses_a_key_of_another_algorithm_family() {
+    let fixture = Fixture::new();
+    assert_eq!(keygen("ES256", "ec", &fixture.path("keys")).code, Some(0));
+    let yaml = fixture.valid_yaml().replace("keys/gw.pem", "keys/ec.pem");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: keys[0].private_key: {}: ",
+            display(&config),
+            display(&fixture.path("keys/ec.pem"))
+        ),
+    );
+}
+
+#[test]
+fn check_refuses_a_verify_only_signing_key() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("signing_key: gw", "signing_key: old");
+    let config = fixture.write("bad.yaml", &yaml);
+    let line = assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: token_endpoint.signing_key: ",
+            display(&config)
+        ),
+    );
+    assert!(line.contains("old"), "{line}");
+}
+
+#[test]
+fn check_refuses_an_unknown_signing_key() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("signing_key: gw", "signing_key: nope");
+    let config = fixture.write("bad.yaml", &yaml);
+    let line = assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: token_endpoint.signing_key: ",
+            display(&config)
+        ),
+    );
+    assert!(line.contains("nope"), "{line}");
+}
+
+const ANY_CLIENT_ON_ALL_INTERFACES: &str = "\
+listen: 0.0.0.0:8080
+admin: 127.0.0.1:0
+keys:
+  - kid: gw
+    alg: RS256
+    private_key: keys/gw.pem
+token_endpoint:
+  path: /oauth2/token
+  signing_key: gw
+  audience: demo-resource
+  any_client: true
+";
+
+#[test]
+fn check_refuses_any_client_on_a_non_loopback_listen() {
+    let fixture = Fixture::new();
+    let config = fixture.write("bad.yaml", ANY_CLIENT_ON_ALL_INTERFACES);
+    let line = assert_fails_with(
+        &check(&config),
+        &format!("jwtgate: {}: token_endpoint.any_client: ", display(&config)),
+    );
+    assert!(line.contains("0.0.0.0:8080"), "{line}");
+}
+
+#[test]
+fn check_refuses_a_generated_key_on_a_non_loopback_listen() {
+    let fixture = Fixture::new();
+    let config = fixture.write(
+        "bad.yaml",
+        "listen: 0.0.0.0:8080\nkeys:\n  - kid: demo\n    alg: RS256\n    generate: true\n",
+    );
+    let line = assert_fails_with(
+        &check(&config),
+        &format!("jwtgate: {}: keys[0].generate: ", display(&config)),
+    );
+    assert!(line.contains("0.0.0.0:8080"), "{line}");
+}
+
+#[test]
+fn check_accepts_demo_features_on_loopback() {
+    let fixture = Fixture::new();
+    let config = fixture.write(
+        "demo.yaml",
+        "\
+listen: 127.0.0.1:0
+keys:
+  - kid: demo
+    alg: RS256
+    generate: true
+token_endpoint:
+  path: /t
+  signing_key: demo
+  audience: a
+  any_client: true
+",
+    );
+    let output = check(&config);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+}
+
+#[test]
+fn check_requires_an_audience_in_a_jwt_policy() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("          audience: orders\n", "");
+    let config = fixture.write("bad.yaml", &yaml);
+    let line = assert_fails_with(
+        &check(&config),
+        &format!("jwtgate: {}: routes[0].policies[0].jwt", display(&config)),
+    );
+    assert!(line.contains("audience"), "{line}");
+}
+
+#[test]
+fn check_refuses_an_empty_audience_list_in_a_jwt_policy() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("audience: orders", "audience: []");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: routes[0].policies[0].jwt.audience: ",
+            display(&config)
+        ),
+    );
+}
+
+#[test]
+fn check_refuses_a_client_secret_that_is_not_a_hash() {
+    let fixture = Fixture::new();
+    let yaml = fixture.valid_yaml().replace(&fixture.secret_hash, "s3cret");
+    let config = fixture.write("bad.yaml", &yaml);
+    assert_fails_with(
+        &check(&config),
+        &format!(
+            "jwtgate: {}: token_endpoint.clients[0].secret_hash: ",
+            display(&config)
+        ),
+    );
+}
+
+#[test]
+fn check_names_a_config_file_that_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nope.yaml");
+    assert_fails_with(&check(&config), &format!("jwtgate: {}: ", display(&config)));
+}
+
+// ---------------------------------------------------------------------------
+// token
+// ---------------------------------------------------------------------------
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn decode_segment(segment: &str) -> Value {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap_or_else(|e| panic!("{segment:?} is not unpadded base64url: {e}"));
+    serde_json::from_slice(&bytes).expect("a JSON segment")
+}
+
+/// Checks `stdout` is exactly one line holding a compact JWS; returns the
+/// token, its header and its claims.
+fn parse_token_output(output: &Output) -> (String, Value, Value) {
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(output.stdout.ends_with('\n'), "{output:#?}");
+    assert_eq!(
+        output.stdout.lines().count(),
+        1,
+        "the token alone: {output:#?}"
+    );
+    let token = output.stdout.trim_end_matches('\n').to_owned();
+    let segments: Vec<&str> = token.split('.').collect();
+    assert_eq!(segments.len(), 3, "{token}");
+    assert!(
+        segments.iter().all(|s| !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')),
+        "{token}"
+    );
+    let header = decode_segment(segments[0]);
+    let claims = decode_segment(segments[1]);
+    (token, header, claims)
+}
+
+fn claim_u64(claims: &Value, name: &str) -> u64 {
+    claims[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{name}` must be a number: {claims}"))
+}
+
+#[test]
+fn token_prints_one_signed_jwt_with_the_requested_claims() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let before = now();
+    let output = run_args(&[
+        "token",
+        "-c",
+        config.to_str().unwrap(),
+        "--sub",
+        "alice",
+        "--scope",
+        "read write",
+        "--aud",
+        "orders",
+        "--ttl",
+        "60s",
+    ]);
+    let after = now();
+    let (token, header, claims) = parse_token_output(&output);
+    assert_eq!(header, json!({"typ": "JWT", "alg": "RS256", "kid": "gw"}));
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert_eq!(claims["aud"], "orders", "{claims}");
+    assert_eq!(claims["scopes"], "read write", "{claims}");
+    assert_eq!(claims["iss"], "https://api.example.com", "{claims}");
+    let (iat, exp, nbf) = (
+        claim_u64(&claims, "iat"),
+        claim_u64(&claims, "exp"),
+        claim_u64(&claims, "nbf"),
+    );
+    assert!(
+        (before..=after).contains(&iat),
+        "iat {iat} not in {before}..={after}"
+    );
+    assert_eq!(exp - iat, 60, "{claims}");
+    assert_eq!(iat - nbf, 120, "default not_before_skew: {claims}");
+    assert!(
+        claims["jti"].as_str().is_some_and(|j| !j.is_empty()),
+        "{claims}"
+    );
+
+    // The signature verifies with the public half written by keygen.
+    let public = std::fs::read(fixture.path("keys/gw.pub.pem")).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&["orders"]);
+    validation.set_issuer(&["https://api.example.com"]);
+    jsonwebtoken::decode::<Value>(
+        &token,
+        &DecodingKey::from_rsa_pem(&public).unwrap(),
+        &validation,
+    )
+    .expect("the token verifies with keys/gw.pub.pem");
+}
+
+#[test]
+fn token_defaults_come_from_the_token_endpoint_config() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let fixture = Fixture::new();
+    assert_eq!(keygen("EdDSA", "ed", &fixture.path("keys")).code, Some(0));
+    let config = fixture.write(
+        "ed.yaml",
+        "\
+listen: 127.0.0.1:0
+keys:
+  - kid: ed
+    alg: EdDSA
+    private_key: keys/ed.pem
+token_endpoint:
+  path: /oauth2/token
+  signing_key: ed
+  ttl: 90s
+  not_before_skew: 30s
+  audience: demo-resource
+  clients: []
+",
+    );
+    let output = run_args(&["token", "-c", config.to_str().unwrap(), "--sub", "bob"]);
+    let (token, header, claims) = parse_token_output(&output);
+    assert_eq!(header, json!({"typ": "JWT", "alg": "EdDSA", "kid": "ed"}));
+    assert_eq!(claims["sub"], "bob", "{claims}");
+    assert_eq!(claims["aud"], "demo-resource", "{claims}");
+    assert!(
+        claims.get("iss").is_none(),
+        "no issuer configured: {claims}"
+    );
+    let (iat, exp, nbf) = (
+        claim_u64(&claims, "iat"),
+        claim_u64(&claims, "exp"),
+        claim_u64(&claims, "nbf"),
+    );
+    assert_eq!(exp - iat, 90, "config ttl: {claims}");
+    assert_eq!(iat - nbf, 30, "config not_before_skew: {claims}");
+
+    let public = std::fs::read(fixture.path("keys/ed.pub.pem")).unwrap();
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["demo-resource"]);
+    jsonwebtoken::decode::<Value>(
+        &token,
+        &DecodingKey::from_ed_pem(&public).unwrap(),
+        &validation,
+    )
+    .expect("the token verifies with keys/ed.pub.pem");
+}
+
+#[test]
+fn token_needs_a_token_endpoint() {
+    let fixture = Fixture::new();
+    let config = fixture.write(
+        "gateway-only.yaml",
+        "listen: 127.0.0.1:0\nkeys:\n  - kid: gw\n    alg: RS256\n    private_key: keys/gw.pem\n",
+    );
+    let output = run_args(&["token", "-c", config.to_str().unwrap(), "--sub", "alice"]);
+    assert_fails_with(
+        &output,
+        &format!("jwtgate: {}: token_endpoint", display(&config)),
+    );
+}
+
+#[test]
+fn token_reports_config_errors_like_check() {
+    let fixture = Fixture::new();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("signing_key: gw", "signing_key: old");
+    let config = fixture.write("bad.yaml", &yaml);
+    let output = run_args(&["token", "-c", config.to_str().unwrap(), "--sub", "alice"]);
+    assert_fails_with(
+        &output,
+        &format!(
+            "jwtgate: {}: token_endpoint.signing_key: ",
+            display(&config)
+        ),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// run (and no subcommand)
+// ---------------------------------------------------------------------------
+
+/// Removes ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address in a `listening on ADDR` log line, text or JSON.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    addr.parse().ok()
+}
+
+/// A running `jwtgate` whose stderr is read line by line on a thread.
+struct Server {
+    child: ChildGuard,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Server {
+    fn spawn(mut command: Command) -> Server {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = ChildGuard(command.spawn().expect("spawn jwtgate"));
+        let stderr = child.0.stderr.take().expect("stderr");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                if send.send(text).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next `listening on ADDR` before `deadline`; `None` on timeout or
+    /// when the process closed stderr (exited).
+    fn next_listening(&mut self, deadline: Instant) -> Option<SocketAddr> {
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            let addr = listening_addr(&line);
+            self.seen.push(line);
+            if addr.is_some() {
+                return addr;
+            }
+        }
+    }
+
+    /// The first logged listener address for which `accept` holds.
+    fn listener_where(
+        &mut self,
+        timeout: Duration,
+        mut accept: impl FnMut(SocketAddr) -> bool,
+    ) -> SocketAddr {
+        let deadline = Instant::now() + timeout;
+        let mut tried = Vec::new();
+        while let Some(addr) = self.next_listening(deadline) {
+            if accept(addr) {
+                return addr;
+            }
+            tried.push(addr);
+        }
+        let status = self.child.0.try_wait();
+        panic!(
+            "no suitable listener within {timeout:?} (tried {tried:?}; process status {status:?}); stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// The public listener: the one serving the JWKS (SPEC §3 Discovery).
+    fn public_addr(&mut self) -> SocketAddr {
+        self.listener_where(LISTEN_TIMEOUT, |addr| {
+            http_get(addr, "/.well-known/jwks.json").is_some_and(|r| r.status == 200)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// One `GET` over a fresh connection with `Connection: close`; `None` when
+/// the connection or the response fails.
+fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let body = &raw[split + 4..];
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Some(HttpResponse { status, head, body })
+}
+
+/// The JWKS served at `addr` names the fixture's two keys.
+fn assert_serves_the_fixture_jwks(addr: SocketAddr) {
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    assert_ne!(addr.port(), 0);
+    let response = http_get(addr, "/.well-known/jwks.json").expect("a JWKS response");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        response
+            .head
+            .to_ascii_lowercase()
+            .contains("\r\ncontent-type: application/json"),
+        "{response:?}"
+    );
+    let jwks: Value = serde_json::from_slice(&response.body).expect("a JSON body");
+    let keys = jwks["keys"].as_array().expect("`keys` array");
+    let gw = keys
+        .iter()
+        .find(|k| k["kid"] == "gw")
+        .unwrap_or_else(|| panic!("kid `gw` in {jwks}"));
+    assert_eq!(gw["alg"], "RS256", "{jwks}");
+    assert_eq!(gw["use"], "sig", "{jwks}");
+    assert!(
+        keys.iter().any(|k| k["kid"] == "old"),
+        "verify-only kid `old` in {jwks}"
+    );
+}
+
+#[test]
+fn run_logs_the_bound_address_and_serves_the_jwks() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let mut server = Server::spawn(command);
+    let addr = server.public_addr();
+    assert_serves_the_fixture_jwks(addr);
+    assert!(
+        server
+            .seen
+            .iter()
+            .any(|l| strip_ansi(l).contains(&format!("listening on {addr}"))),
+        "{:?}",
+        server.seen
+    );
+}
+
+#[test]
+fn no_subcommand_with_jwtgate_config_serves_that_file() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.env("JWTGATE_CONFIG", &config);
+    let mut server = Server::spawn(command);
+    let addr = server.public_addr();
+    assert_serves_the_fixture_jwks(addr);
+}
+
+#[test]
+fn run_with_json_logs_writes_json_lines() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.args([
+        "run",
+        "-c",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    let mut server = Server::spawn(command);
+    let addr = server.public_addr();
+    let line = server
+        .seen
+        .iter()
+        .find(|l| l.contains(&format!("listening on {addr}")))
+        .expect("the listening line");
+    let json: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+    assert_eq!(
+        json["fields"]["message"],
+        format!("listening on {addr}"),
+        "{json}"
+    );
+}
+
+/// Logs piped to a file or a collector (journald, Kubernetes) must not carry
+/// terminal colour codes (what Envoy/NGINX users expect of a log line).
+#[test]
+fn run_logs_have_no_terminal_escapes_when_stderr_is_not_a_terminal() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env_remove("NO_COLOR");
+    let mut server = Server::spawn(command);
+    server.public_addr();
+    let escaped: Vec<&String> = server.seen.iter().filter(|l| l.contains('\x1b')).collect();
+    assert!(
+        escaped.is_empty(),
+        "ANSI escapes in piped logs: {escaped:?}"
+    );
+}
+
+#[test]
+fn run_refuses_a_config_file_that_cannot_be_read() {
+    let mut command = jwtgate();
+    command.args(["run", "-c", "/nonexistent.yaml"]);
+    let output = run_with_timeout(command, b"", STARTUP_FAILURE_TIMEOUT);
+    assert_fails_with(&output, "jwtgate: /nonexistent.yaml: ");
+}
+
+#[test]
+fn run_refuses_demo_features_on_a_non_loopback_listen() {
+    let fixture = Fixture::new();
+    let config = fixture.write("bad.yaml", ANY_CLIENT_ON_ALL_INTERFACES);
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let output = run_with_timeout(command, b"", STARTUP_FAILURE_TIMEOUT);
+    assert_fails_with(
+        &output,
+        &format!("jwtgate: {}: token_endpoint.any_client: ", display(&config)),
+    );
+}
+
+#[test]
+fn run_names_a_listen_address_already_in_use() {
+    let fixture = Fixture::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let yaml = fixture
+        .valid_yaml()
+        .replace("listen: 127.0.0.1:0", &format!("listen: {addr}"));
+    let config = fixture.write("busy.yaml", &yaml);
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let output = run_with_timeout(command, b"", STARTUP_FAILURE_TIMEOUT);
+    assert_eq!(output.code, Some(1), "{output:#?}");
+    let errors: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("jwtgate: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{output:#?}");
+    assert!(
+        errors[0].contains(&addr.to_string()),
+        "names {addr}: {output:#?}"
+    );
+    drop(taken);
+}
