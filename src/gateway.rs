@@ -77,7 +77,7 @@ async fn route_and_forward<'s>(
     mut request: Request<Body>,
     connection: Connection,
 ) -> Outcome<'s> {
-    if let Err(e) = check_head_limits(request.headers(), snapshot) {
+    if let Err(e) = check_head_limits(&request, snapshot) {
         return unrouted_error(e);
     }
     if let Err(why) = router::check_normal_form(request.uri().path()) {
@@ -208,15 +208,24 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from_static("unavailable"))
 }
 
-/// `limits.max_header_bytes` and `limits.max_headers`, counted as on the wire.
-fn check_head_limits(headers: &HeaderMap, snapshot: &Snapshot) -> Result<(), GatewayError> {
+/// `limits.max_header_bytes` (request line and header lines, counted as on
+/// the wire) and `limits.max_headers`.
+fn check_head_limits(request: &Request<Body>, snapshot: &Snapshot) -> Result<(), GatewayError> {
+    let headers = request.headers();
     if headers.len() > snapshot.limits.max_headers {
         return Err(GatewayError::HeadersTooLarge);
     }
-    let bytes: usize = headers
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |a| a.as_str().len() + "http://".len());
+    let request_line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let header_lines: usize = headers
         .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .map(|(n, v)| n.as_str().len() + ": ".len() + v.len() + "\r\n".len())
         .sum();
+    let bytes = request_line + header_lines;
     if bytes > snapshot.limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }

@@ -74,9 +74,9 @@ pub async fn serve_public(
             // hyper answers a bare 431 past twice the limit (bounding memory);
             // between the limit and that, the gateway answers with JSON.
             .max_header_size(limits.max_header_bytes.saturating_mul(2));
-        if limits.max_headers > 100 {
-            builder.max_headers(limits.max_headers.saturating_mul(2));
-        }
+        // Same for the header count. (Above hyper's default of 100 this
+        // costs a heap allocation per request; a JSON 431 is worth it.)
+        builder.max_headers(limits.max_headers.saturating_mul(2));
         let served = builder.serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(served);
         tokio::spawn(async move {

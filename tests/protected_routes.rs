@@ -639,6 +639,14 @@ async fn oversized_headers_are_431() {
     let filler = "a".repeat(5000);
     let answer = get(&gw.url("/public"), &[("x-filler", &filler)]).await;
     answer.assert_error(431, "request_header_fields_too_large");
+    // A long request line counts towards the limit too.
+    let answer = get(&gw.url(&format!("/public?q={}", "b".repeat(4096))), &[]).await;
+    answer.assert_error(431, "request_header_fields_too_large");
+    // More headers than `max_headers` (default 100), each small.
+    let names: Vec<String> = (0..150).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let answer = get(&gw.url("/public"), &many).await;
+    answer.assert_error(431, "request_header_fields_too_large");
     assert_eq!(up.count(), 0);
 }
 

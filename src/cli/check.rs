@@ -11,39 +11,52 @@ use jwtgate::snapshot::Snapshot;
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The config file.
-    #[arg(short = 'c', long = "config")]
+    #[arg(short = 'c', long = "config", env = "JWTGATE_CONFIG")]
     config: PathBuf,
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
+    use std::fmt::Write;
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
     let snapshot =
         Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
     let signing = snapshot.keys.iter().filter(|k| k.signer.is_some()).count();
-    println!("{}: OK", snapshot.source);
-    println!("  listen {}, admin {}", snapshot.listen, snapshot.admin);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", snapshot.source);
+    let _ = writeln!(
+        out,
+        "  listen {}, admin {}",
+        snapshot.listen, snapshot.admin
+    );
+    let _ = writeln!(
+        out,
         "  {} key(s) ({} signing, {} verify-only)",
         snapshot.keys.len(),
         signing,
         snapshot.keys.len() - signing
     );
     match &snapshot.token_endpoint {
-        Some(endpoint) => println!(
-            "  token endpoint {} signing with `{}`{}",
-            endpoint.path,
-            endpoint.signer.kid,
-            if endpoint.any_client {
-                " (any_client demo mode)"
-            } else {
-                ""
-            }
-        ),
-        None => println!("  no token endpoint"),
+        Some(endpoint) => {
+            let _ = writeln!(
+                out,
+                "  token endpoint {} signing with `{}`{}",
+                endpoint.path,
+                endpoint.signer.kid,
+                if endpoint.any_client {
+                    " (any_client demo mode)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  no token endpoint");
+        }
     }
-    println!("  {} route(s)", snapshot.routes.len());
+    let _ = writeln!(out, "  {} route(s)", snapshot.routes.len());
     for route in &snapshot.routes {
-        println!(
+        let _ = writeln!(
+            out,
             "    {} {} ({} polic{})",
             route.name,
             route.matcher.path_prefix,
@@ -55,5 +68,6 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
             }
         );
     }
+    super::print(&out);
     Ok(ExitCode::SUCCESS)
 }

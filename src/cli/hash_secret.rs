@@ -37,6 +37,6 @@ pub fn hash_secret(args: HashSecretArgs) -> Result<ExitCode, String> {
         }
         sha256_secret_hash(&secret)
     };
-    println!("{hash}");
+    super::print(&format!("{hash}\n"));
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,10 @@ pub fn keygen(args: KeygenArgs) -> Result<ExitCode, String> {
         format!("--alg `{}` is not one of {}", args.alg, names.join(" "))
     })?;
     let written = local::keygen(alg, &args.kid, &args.out)?;
-    println!("{}", written.private_path.display());
-    println!("{}", written.public_path.display());
+    super::print(&format!(
+        "{}\n{}\n",
+        written.private_path.display(),
+        written.public_path.display()
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,16 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Writes command output to stdout; a closed pipe (`jwtgate check | head -1`)
+/// is not an error worth a panic.
+pub fn print(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         None => run::run(cli.run),

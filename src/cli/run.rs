@@ -46,6 +46,15 @@ async fn wait_for_shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        // SIGHUP's default action would kill the gateway; until hot reload
+        // exists, say so and keep serving.
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP received: this build cannot reload; restart to apply config changes");
+                }
+            });
+        }
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {

@@ -13,7 +13,7 @@ use jwtgate::token::mint::{self, AccessClaims};
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// The config whose token_endpoint.signing_key signs.
-    #[arg(short = 'c', long = "config")]
+    #[arg(short = 'c', long = "config", env = "JWTGATE_CONFIG")]
     config: PathBuf,
     /// The subject (`sub`).
     #[arg(long)]
@@ -59,6 +59,6 @@ pub fn token(args: TokenArgs) -> Result<ExitCode, String> {
         ttl,
         endpoint.not_before_skew_secs,
     )?;
-    println!("{}", mint::sign(&endpoint.signer, &claims)?);
+    super::print(&format!("{}\n", mint::sign(&endpoint.signer, &claims)?));
     Ok(ExitCode::SUCCESS)
 }
