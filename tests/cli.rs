@@ -1274,3 +1274,34 @@ fn run_names_a_listen_address_already_in_use() {
     );
     drop(taken);
 }
+
+/// The shipped example passes `check` once the README's keygen step ran.
+#[test]
+fn the_example_config_passes_check_after_the_readme_keygen_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml");
+    let config = dir.path().join("example.yaml");
+    std::fs::copy(example, &config).unwrap();
+    let keys = dir.path().join("keys");
+    assert_eq!(keygen("RS256", "gw-2026-12", &keys).code, Some(0));
+    assert_eq!(keygen("ES256", "gw-2026-06", &keys).code, Some(0));
+    let output = check(&config);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+    assert!(
+        output
+            .stdout
+            .starts_with(&format!("{}: OK\n", display(&config))),
+        "{output:#?}"
+    );
+}
+
+/// `check` falls back to `JWTGATE_CONFIG` like `run` does.
+#[test]
+fn check_reads_jwtgate_config_when_no_c_is_given() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.arg("check").env("JWTGATE_CONFIG", &config);
+    let output = run(command);
+    assert_eq!(output.code, Some(0), "{output:#?}");
+}
