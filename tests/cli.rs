@@ -118,17 +118,27 @@ fn run_args(args: &[&str]) -> Output {
 /// Asserts a failure: exit code 1, nothing on stdout, and exactly one line
 /// on stderr that starts with `prefix`. Returns that line.
 fn assert_fails_with(output: &Output, prefix: &str) -> String {
-    assert_eq!(output.code, Some(1), "{output:#?}");
-    assert_eq!(output.stdout, "", "{output:#?}");
+    assert_fails_with_context(output, prefix, "")
+}
+
+/// [`assert_fails_with`], with `context` (such as a table case's name)
+/// leading every assertion message.
+fn assert_fails_with_context(output: &Output, prefix: &str, context: &str) -> String {
+    assert_eq!(output.code, Some(1), "{context}{output:#?}");
+    assert_eq!(output.stdout, "", "{context}{output:#?}");
     let lines: Vec<&str> = output
         .stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
         .collect();
-    assert_eq!(lines.len(), 1, "expected one clear error line: {output:#?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{context}expected one clear error line: {output:#?}"
+    );
     assert!(
         lines[0].starts_with(prefix),
-        "stderr should start with {prefix:?}: {output:#?}"
+        "{context}stderr should start with {prefix:?}: {output:#?}"
     );
     lines[0].to_owned()
 }
@@ -535,177 +545,6 @@ fn check_does_not_follow_a_config_symlink_to_resolve_paths() {
 }
 
 #[test]
-fn check_names_the_file_field_and_line_of_an_unknown_key() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("{path_prefix: /orders,", "{path_prefx: /orders,");
-    let config = fixture.write("bad.yaml", &yaml);
-    let line = assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: routes[0].match: unknown field `path_prefx`",
-            display(&config)
-        ),
-    );
-    assert!(line.contains(" line 21 "), "{line}");
-}
-
-#[test]
-fn check_names_the_file_and_line_of_a_yaml_syntax_error() {
-    let fixture = Fixture::new();
-    let config = fixture.write(
-        "bad.yaml",
-        "listen: 127.0.0.1:0\nkeys:\n- kid: a\n  alg: RS256\n bad: x\n",
-    );
-    let line = assert_fails_with(&check(&config), &format!("jwtgate: {}: ", display(&config)));
-    assert!(line.contains("line 5"), "{line}");
-}
-
-#[test]
-fn check_names_a_missing_key_file() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("keys/gw.pem", "keys/missing.pem");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: keys[0].private_key: {}: ",
-            display(&config),
-            display(&fixture.path("keys/missing.pem"))
-        ),
-    );
-}
-
-#[test]
-fn check_names_a_key_file_that_is_not_pem() {
-    let fixture = Fixture::new();
-    fixture.write("keys/garbage.pem", "this is not a key\n");
-    let yaml = fixture
-        .valid_yaml()
-        .replace("keys/gw.pem", "keys/garbage.pem");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: keys[0].private_key: {}: ",
-            display(&config),
-            display(&fixture.path("keys/garbage.pem"))
-        ),
-    );
-}
-
-#[test]
-fn check_names_a_pem_block_that_holds_no_usable_key() {
-    let fixture = Fixture::new();
-    fixture.write(
-        "keys/junk.pem",
-        "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
-    );
-    let yaml = fixture.valid_yaml().replace("keys/gw.pem", "keys/junk.pem");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: keys[0].private_key: {}: ",
-            display(&config),
-            display(&fixture.path("keys/junk.pem"))
-        ),
-    );
-}
-
-#[test]
-fn check_refuses_a_key_of_another_algorithm_family() {
-    let fixture = Fixture::new();
-    assert_eq!(keygen("ES256", "ec", &fixture.path("keys")).code, Some(0));
-    let yaml = fixture.valid_yaml().replace("keys/gw.pem", "keys/ec.pem");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: keys[0].private_key: {}: ",
-            display(&config),
-            display(&fixture.path("keys/ec.pem"))
-        ),
-    );
-}
-
-#[test]
-fn check_refuses_a_verify_only_signing_key() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("signing_key: gw", "signing_key: old");
-    let config = fixture.write("bad.yaml", &yaml);
-    let line = assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: token_endpoint.signing_key: ",
-            display(&config)
-        ),
-    );
-    assert!(line.contains("old"), "{line}");
-}
-
-#[test]
-fn check_refuses_an_unknown_signing_key() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("signing_key: gw", "signing_key: nope");
-    let config = fixture.write("bad.yaml", &yaml);
-    let line = assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: token_endpoint.signing_key: ",
-            display(&config)
-        ),
-    );
-    assert!(line.contains("nope"), "{line}");
-}
-
-const ANY_CLIENT_ON_ALL_INTERFACES: &str = "\
-listen: 0.0.0.0:8080
-admin: 127.0.0.1:0
-keys:
-  - kid: gw
-    alg: RS256
-    private_key: keys/gw.pem
-token_endpoint:
-  path: /oauth2/token
-  signing_key: gw
-  audience: demo-resource
-  any_client: true
-";
-
-#[test]
-fn check_refuses_any_client_on_a_non_loopback_listen() {
-    let fixture = Fixture::new();
-    let config = fixture.write("bad.yaml", ANY_CLIENT_ON_ALL_INTERFACES);
-    let line = assert_fails_with(
-        &check(&config),
-        &format!("jwtgate: {}: token_endpoint.any_client: ", display(&config)),
-    );
-    assert!(line.contains("0.0.0.0:8080"), "{line}");
-}
-
-#[test]
-fn check_refuses_a_generated_key_on_a_non_loopback_listen() {
-    let fixture = Fixture::new();
-    let config = fixture.write(
-        "bad.yaml",
-        "listen: 0.0.0.0:8080\nkeys:\n  - kid: demo\n    alg: RS256\n    generate: true\n",
-    );
-    let line = assert_fails_with(
-        &check(&config),
-        &format!("jwtgate: {}: keys[0].generate: ", display(&config)),
-    );
-    assert!(line.contains("0.0.0.0:8080"), "{line}");
-}
-
-#[test]
 fn check_accepts_demo_features_on_loopback() {
     let fixture = Fixture::new();
     let config = fixture.write(
@@ -726,49 +565,190 @@ token_endpoint:
     let output = check(&config);
     assert_eq!(output.code, Some(0), "{output:#?}");
 }
+const ANY_CLIENT_ON_ALL_INTERFACES: &str = "\
+listen: 0.0.0.0:8080
+admin: 127.0.0.1:0
+keys:
+  - kid: gw
+    alg: RS256
+    private_key: keys/gw.pem
+token_endpoint:
+  path: /oauth2/token
+  signing_key: gw
+  audience: demo-resource
+  any_client: true
+";
 
-#[test]
-fn check_requires_an_audience_in_a_jwt_policy() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("          audience: orders\n", "");
-    let config = fixture.write("bad.yaml", &yaml);
-    let line = assert_fails_with(
-        &check(&config),
-        &format!("jwtgate: {}: routes[0].policies[0].jwt", display(&config)),
-    );
-    assert!(line.contains("audience"), "{line}");
+/// How a broken-config case makes its file.
+enum Yaml {
+    /// [`Fixture::valid_yaml`] with `from` (which it must hold) replaced by
+    /// `to`.
+    Edit { from: String, to: String },
+    /// This text, as it stands.
+    Literal(&'static str),
 }
 
-#[test]
-fn check_refuses_an_empty_audience_list_in_a_jwt_policy() {
-    let fixture = Fixture::new();
-    let yaml = fixture
-        .valid_yaml()
-        .replace("audience: orders", "audience: []");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: routes[0].policies[0].jwt.audience: ",
-            display(&config)
-        ),
-    );
+fn edit(from: &str, to: &str) -> Yaml {
+    Yaml::Edit {
+        from: from.to_owned(),
+        to: to.to_owned(),
+    }
 }
 
+/// A config `check` must refuse, naming the file and then `prefix`.
+struct BrokenConfig {
+    name: &'static str,
+    /// Run on the fixture before the config is written (extra key files).
+    setup: Option<fn(&Fixture)>,
+    yaml: Yaml,
+    /// What the one stderr line must start with after `jwtgate: FILE: `.
+    prefix: String,
+    /// What that line must also contain.
+    contains: &'static [&'static str],
+}
+
+fn broken(name: &'static str, yaml: Yaml, prefix: impl Into<String>) -> BrokenConfig {
+    BrokenConfig {
+        name,
+        setup: None,
+        yaml,
+        prefix: prefix.into(),
+        contains: &[],
+    }
+}
+
+impl BrokenConfig {
+    fn containing(self, contains: &'static [&'static str]) -> BrokenConfig {
+        BrokenConfig { contains, ..self }
+    }
+
+    fn after(self, setup: fn(&Fixture)) -> BrokenConfig {
+        BrokenConfig {
+            setup: Some(setup),
+            ..self
+        }
+    }
+}
+
+/// SPEC §4: each broken config is refused by `check` with one line naming
+/// the file, the field (and, where it helps, the line or the value).
 #[test]
-fn check_refuses_a_client_secret_that_is_not_a_hash() {
+fn check_names_the_file_and_field_of_each_broken_config() {
     let fixture = Fixture::new();
-    let yaml = fixture.valid_yaml().replace(&fixture.secret_hash, "s3cret");
-    let config = fixture.write("bad.yaml", &yaml);
-    assert_fails_with(
-        &check(&config),
-        &format!(
-            "jwtgate: {}: token_endpoint.clients[0].secret_hash: ",
-            display(&config)
+    let private_key_file =
+        |file: &str| format!("keys[0].private_key: {}: ", display(&fixture.path(file)));
+    let cases = vec![
+        broken(
+            "check_names_the_file_field_and_line_of_an_unknown_key",
+            edit("{path_prefix: /orders,", "{path_prefx: /orders,"),
+            "routes[0].match: unknown field `path_prefx`",
+        )
+        .containing(&[" line 21 "]),
+        broken(
+            "check_names_the_file_and_line_of_a_yaml_syntax_error",
+            Yaml::Literal("listen: 127.0.0.1:0\nkeys:\n- kid: a\n  alg: RS256\n bad: x\n"),
+            "",
+        )
+        .containing(&["line 5"]),
+        broken(
+            "check_names_a_missing_key_file",
+            edit("keys/gw.pem", "keys/missing.pem"),
+            private_key_file("keys/missing.pem"),
         ),
-    );
+        broken(
+            "check_names_a_key_file_that_is_not_pem",
+            edit("keys/gw.pem", "keys/garbage.pem"),
+            private_key_file("keys/garbage.pem"),
+        )
+        .after(|fixture| {
+            fixture.write("keys/garbage.pem", "this is not a key\n");
+        }),
+        broken(
+            "check_names_a_pem_block_that_holds_no_usable_key",
+            edit("keys/gw.pem", "keys/junk.pem"),
+            private_key_file("keys/junk.pem"),
+        )
+        .after(|fixture| {
+            fixture.write(
+                "keys/junk.pem",
+                "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n",
+            );
+        }),
+        broken(
+            "check_refuses_a_key_of_another_algorithm_family",
+            edit("keys/gw.pem", "keys/ec.pem"),
+            private_key_file("keys/ec.pem"),
+        )
+        .after(|fixture| {
+            assert_eq!(keygen("ES256", "ec", &fixture.path("keys")).code, Some(0));
+        }),
+        broken(
+            "check_refuses_a_verify_only_signing_key",
+            edit("signing_key: gw", "signing_key: old"),
+            "token_endpoint.signing_key: ",
+        )
+        .containing(&["old"]),
+        broken(
+            "check_refuses_an_unknown_signing_key",
+            edit("signing_key: gw", "signing_key: nope"),
+            "token_endpoint.signing_key: ",
+        )
+        .containing(&["nope"]),
+        broken(
+            "check_refuses_any_client_on_a_non_loopback_listen",
+            Yaml::Literal(ANY_CLIENT_ON_ALL_INTERFACES),
+            "token_endpoint.any_client: ",
+        )
+        .containing(&["0.0.0.0:8080"]),
+        broken(
+            "check_refuses_a_generated_key_on_a_non_loopback_listen",
+            Yaml::Literal(
+                "listen: 0.0.0.0:8080\nkeys:\n  - kid: demo\n    alg: RS256\n    generate: true\n",
+            ),
+            "keys[0].generate: ",
+        )
+        .containing(&["0.0.0.0:8080"]),
+        broken(
+            "check_requires_an_audience_in_a_jwt_policy",
+            edit("          audience: orders\n", ""),
+            "routes[0].policies[0].jwt",
+        )
+        .containing(&["audience"]),
+        broken(
+            "check_refuses_an_empty_audience_list_in_a_jwt_policy",
+            edit("audience: orders", "audience: []"),
+            "routes[0].policies[0].jwt.audience: ",
+        ),
+        broken(
+            "check_refuses_a_client_secret_that_is_not_a_hash",
+            edit(&fixture.secret_hash, "s3cret"),
+            "token_endpoint.clients[0].secret_hash: ",
+        ),
+    ];
+
+    for case in cases {
+        let name = case.name;
+        if let Some(setup) = case.setup {
+            setup(&fixture);
+        }
+        let yaml = match &case.yaml {
+            Yaml::Edit { from, to } => {
+                let valid = fixture.valid_yaml();
+                assert!(
+                    valid.contains(from.as_str()),
+                    "{name}: the valid config has no {from:?} to edit"
+                );
+                valid.replace(from.as_str(), to)
+            }
+            Yaml::Literal(text) => (*text).to_owned(),
+        };
+        let config = fixture.write(&format!("{name}.yaml"), &yaml);
+        let prefix = format!("jwtgate: {}: {}", display(&config), case.prefix);
+        let line = assert_fails_with_context(&check(&config), &prefix, &format!("{name}: "));
+        for needle in case.contains {
+            assert!(line.contains(needle), "{name}: no {needle:?} in {line}");
+        }
+    }
 }
 
 #[test]
