@@ -726,3 +726,34 @@ async fn an_absolute_form_target_routes_by_its_authority() {
     );
     assert_eq!(header_values(&seen[0], "host"), vec![up.addr.to_string()]);
 }
+
+/// Every single-character corruption of a valid token is refused with 400
+/// or 401 — never a 5xx, never forwarded.
+#[tokio::test]
+async fn corrupted_tokens_are_refused_never_forwarded() {
+    let (gw, up) = setup().await;
+    let token = gw_token(&claims(json!({})));
+    let replacements = [b'A', b'_', b'-', b'.', b'=', b'+', b'~'];
+    let mut refused = 0;
+    for (i, original) in token.bytes().enumerate().step_by(7) {
+        for &replacement in &replacements {
+            if replacement == original {
+                continue;
+            }
+            let mut bytes = token.clone().into_bytes();
+            bytes[i] = replacement;
+            let corrupted = String::from_utf8(bytes).unwrap();
+            let answer = get(&gw.url("/orders"), &[("authorization", &bearer(&corrupted))]).await;
+            assert!(
+                answer.status == 401 || answer.status == 400,
+                "position {i} -> {}: {} {:?}",
+                replacement as char,
+                answer.status,
+                answer.body
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused > 300, "{refused}");
+    assert_eq!(up.count(), 0);
+}
