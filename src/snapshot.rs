@@ -242,6 +242,10 @@ fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
             "must be letters, digits, `-`, `_` or `.` (it is a metrics label)".into(),
         ));
     }
+    if config.name == "none" || config.name == "token" {
+        // Logs and metrics use these for "no route" and the token endpoint.
+        return Err(("name".into(), format!("`{}` is reserved", config.name)));
+    }
     let prefix = &config.matcher.path_prefix;
     if router::check_normal_form(prefix).is_err() || prefix.contains('?') {
         return Err((

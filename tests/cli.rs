@@ -720,6 +720,12 @@ fn check_names_the_file_and_field_of_each_broken_config() {
             "routes[0].policies[0].jwt.audience: ",
         ),
         broken(
+            "check_refuses_a_reserved_route_name",
+            edit("  - name: orders", "  - name: none"),
+            "routes[0].name: ",
+        )
+        .containing(&["reserved"]),
+        broken(
             "check_refuses_a_client_secret_that_is_not_a_hash",
             edit(&fixture.secret_hash, "s3cret"),
             "token_endpoint.clients[0].secret_hash: ",

@@ -743,7 +743,11 @@ async fn corrupted_tokens_are_refused_never_forwarded() {
             let mut bytes = token.clone().into_bytes();
             bytes[i] = replacement;
             let corrupted = String::from_utf8(bytes).unwrap();
-            let answer = get(&gw.url("/orders"), &[("authorization", &bearer(&corrupted))]).await;
+            let answer = get(
+                &gw.url("/orders"),
+                &[("authorization", &bearer(&corrupted))],
+            )
+            .await;
             assert!(
                 answer.status == 401 || answer.status == 400,
                 "position {i} -> {}: {} {:?}",
