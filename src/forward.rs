@@ -37,6 +37,8 @@ pub struct HttpUpstream {
     pub authority: Authority,
     /// Without a trailing `/`; empty for none.
     pub base_path: String,
+    /// `Host` for upstream requests (the authority), made once at load.
+    pub host_header: HeaderValue,
 }
 
 impl Upstream {
@@ -69,10 +71,13 @@ impl Upstream {
         if uri.query().is_some() {
             return Err(format!("`{text}` must not have a query string"));
         }
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{text}` has an invalid host"))?;
         Ok(Upstream::Http(HttpUpstream {
             scheme,
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
+            host_header,
         }))
     }
 }
@@ -170,9 +175,9 @@ pub fn upstream_request(
         uri = uri
             .scheme(target.scheme.clone())
             .authority(target.authority.clone());
-        let host = HeaderValue::from_str(target.authority.as_str())
-            .map_err(|_| GatewayError::UpstreamConnect)?;
-        request.headers_mut().insert(HOST, host);
+        request
+            .headers_mut()
+            .insert(HOST, target.host_header.clone());
     }
     *request.uri_mut() = uri
         .build()

@@ -426,17 +426,19 @@ pub fn is_header_safe(text: &str) -> bool {
     text.len() <= MAX_IDENTITY_BYTES && !text.chars().any(char::is_control)
 }
 
-/// All steps in order, for one token against one key set.
-pub fn verify(
-    token: &str,
+/// All steps in order, for one token against one key set. The parsed token
+/// is returned beside the identity so callers can read further claims.
+pub fn verify<'t>(
+    token: &'t str,
     keys: &KeySet,
     rules: &ClaimRules,
     now: u64,
-) -> Result<Identity, Rejection> {
+) -> Result<(ParsedToken<'t>, Identity), Rejection> {
     let parsed = parse(token)?;
     let verifier = select_key(&parsed, keys)?;
     check_signature(&parsed, verifier)?;
-    check_claims(&parsed, rules, now)
+    let identity = check_claims(&parsed, rules, now)?;
+    Ok((parsed, identity))
 }
 
 #[cfg(test)]

@@ -115,10 +115,7 @@ impl JwtPolicy {
         verdict: &mut Verdict,
     ) -> Result<(), GatewayError> {
         let token = bearer_token(input)?;
-        let parsed = jws::parse(token).map_err(GatewayError::InvalidToken)?;
-        let verifier = jws::select_key(&parsed, input.keys).map_err(GatewayError::InvalidToken)?;
-        jws::check_signature(&parsed, verifier).map_err(GatewayError::InvalidToken)?;
-        let identity = jws::check_claims(&parsed, &self.rules, input.now)
+        let (parsed, identity) = jws::verify(token, input.keys, &self.rules, input.now)
             .map_err(GatewayError::InvalidToken)?;
         if !self
             .required_scopes
