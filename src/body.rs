@@ -23,10 +23,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
 /// Why [`collect_limited`] gave up.
 #[derive(Debug)]
 pub enum CollectError {

@@ -44,7 +44,7 @@ pub async fn handle(
 
     let outcome = route_and_forward(runtime, &snapshot, request, connection).await;
     let (route, mut response, subject) = match outcome {
-        Ok((route, response, subject)) => (route, response, subject),
+        Ok(served) => served,
         Err((route, error)) => {
             let reason = error.auth_failure().map(|r| r.as_str());
             tracing::debug!(route, reason, error = ?error, "request refused");
@@ -128,9 +128,7 @@ async fn route_and_forward<'s>(
         now,
     };
     for policy in &route.policies {
-        if let Err(e) = policy.apply(&input, &mut verdict) {
-            return Err((name, e));
-        }
+        policy.apply(&input, &mut verdict).map_err(|e| (name, e))?;
     }
     let subject = verdict.subject.clone();
 
@@ -154,10 +152,8 @@ async fn route_and_forward<'s>(
         Upstream::Demo { .. } => None,
     };
     let upstream_request =
-        match forward::upstream_request(request, target, target_path, verdict, &client) {
-            Ok(r) => r,
-            Err(e) => return Err((name, e)),
-        };
+        forward::upstream_request(request, target, target_path, verdict, &client)
+            .map_err(|e| (name, e))?;
     let response = match &route.upstream {
         Upstream::Http(_) => {
             forward::send(
@@ -177,10 +173,9 @@ async fn route_and_forward<'s>(
             scopes_header,
         )),
     };
-    match response {
-        Ok(response) => Ok((name, response, subject)),
-        Err(e) => Err((name, e)),
-    }
+    response
+        .map(|response| (name, response, subject))
+        .map_err(|e| (name, e))
 }
 
 fn unrouted_error(error: GatewayError) -> Outcome<'static> {

@@ -58,9 +58,4 @@ impl Runtime {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
-
-    /// Replaces the snapshot atomically.
-    pub fn store(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
-    }
 }

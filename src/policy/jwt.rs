@@ -9,6 +9,7 @@ use super::{PolicyInput, Verdict};
 use crate::config::JwtPolicyConfig;
 use crate::error::GatewayError;
 use crate::jws::{self, AuthFailure, ClaimRules, Rejection};
+use crate::token::client_auth::is_valid_scope;
 
 /// A compiled `jwt:` step.
 #[derive(Debug)]
@@ -36,10 +37,7 @@ impl JwtPolicy {
             ));
         }
         for scope in &config.scopes {
-            if scope.is_empty()
-                || scope.contains(char::is_whitespace)
-                || !jws::is_header_safe(scope)
-            {
+            if !is_valid_scope(scope) {
                 return Err((
                     "scopes".into(),
                     format!("`{scope}` is not a valid scope token"),
