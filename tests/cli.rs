@@ -814,7 +814,6 @@ fn claim_u64(claims: &Value, name: &str) -> u64 {
 
 #[test]
 fn token_prints_one_signed_jwt_with_the_requested_claims() {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let fixture = Fixture::new();
     let config = fixture.valid_config();
     let before = now();
@@ -855,21 +854,17 @@ fn token_prints_one_signed_jwt_with_the_requested_claims() {
     );
 
     // The signature verifies with the public half written by keygen.
-    let public = std::fs::read(fixture.path("keys/gw.pub.pem")).unwrap();
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&["orders"]);
-    validation.set_issuer(&["https://api.example.com"]);
-    jsonwebtoken::decode::<Value>(
+    assert_token_verifies(
         &token,
-        &DecodingKey::from_rsa_pem(&public).unwrap(),
-        &validation,
-    )
-    .expect("the token verifies with keys/gw.pub.pem");
+        &fixture.path("keys/gw.pub.pem"),
+        jsonwebtoken::Algorithm::RS256,
+        "orders",
+        Some("https://api.example.com"),
+    );
 }
 
 #[test]
 fn token_defaults_come_from_the_token_endpoint_config() {
-    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let fixture = Fixture::new();
     assert_eq!(keygen("EdDSA", "ed", &fixture.path("keys")).code, Some(0));
     let config = fixture.write(
@@ -906,15 +901,13 @@ token_endpoint:
     assert_eq!(exp - iat, 90, "config ttl: {claims}");
     assert_eq!(iat - nbf, 30, "config not_before_skew: {claims}");
 
-    let public = std::fs::read(fixture.path("keys/ed.pub.pem")).unwrap();
-    let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.set_audience(&["demo-resource"]);
-    jsonwebtoken::decode::<Value>(
+    assert_token_verifies(
         &token,
-        &DecodingKey::from_ed_pem(&public).unwrap(),
-        &validation,
-    )
-    .expect("the token verifies with keys/ed.pub.pem");
+        &fixture.path("keys/ed.pub.pem"),
+        jsonwebtoken::Algorithm::EdDSA,
+        "demo-resource",
+        None,
+    );
 }
 
 #[test]
@@ -1290,4 +1283,34 @@ fn check_reads_jwtgate_config_when_no_c_is_given() {
     command.arg("check").env("JWTGATE_CONFIG", &config);
     let output = run(command);
     assert_eq!(output.code, Some(0), "{output:#?}");
+}
+
+/// Verifies `token` with the independent `jsonwebtoken` crate against the
+/// public key file keygen wrote, checking audience and (when given) issuer.
+fn assert_token_verifies(
+    token: &str,
+    public_key: &Path,
+    alg: jsonwebtoken::Algorithm,
+    audience: &str,
+    issuer: Option<&str>,
+) {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let public = std::fs::read(public_key).unwrap();
+    let key = match alg {
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(&public),
+        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&public),
+        _ => DecodingKey::from_rsa_pem(&public),
+    }
+    .unwrap();
+    let mut validation = Validation::new(alg);
+    validation.set_audience(&[audience]);
+    if let Some(issuer) = issuer {
+        validation.set_issuer(&[issuer]);
+    }
+    jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap_or_else(|e| {
+        panic!(
+            "the token does not verify with {}: {e}",
+            public_key.display()
+        )
+    });
 }

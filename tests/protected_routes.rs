@@ -357,8 +357,7 @@ async fn a_route_may_read_scopes_from_another_claim_and_require_a_typ() {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some("gw".into());
         header.typ = Some("application/AT+JWT".into());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(k.rsa.private_pem.as_bytes()).unwrap();
-        jsonwebtoken::encode(&header, claims, &key).unwrap()
+        mint_with_header(&k.rsa, header, claims)
     };
     let ok = at_jwt(&claims(json!({"permissions": ["orders:read", "x"]})));
     let answer = get(&gw.url("/custom"), &[("authorization", &bearer(&ok))]).await;

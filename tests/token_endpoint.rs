@@ -56,6 +56,17 @@ async fn token_request(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> An
     send("POST", &gw.url("/oauth2/token"), headers, body.as_bytes()).await
 }
 
+/// A plain client-credentials request authenticated with HTTP Basic.
+async fn basic_grant(gw: &Gateway, id: &str, secret: &str) -> Answer {
+    let auth = basic(id, secret);
+    token_request(
+        gw,
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials",
+    )
+    .await
+}
+
 fn assert_oauth_error(answer: &Answer, status: u16, error: &str) {
     answer.assert_error(status, error);
     assert_eq!(answer.header("cache-control"), Some("no-store"));
@@ -64,13 +75,7 @@ fn assert_oauth_error(answer: &Answer, status: u16, error: &str) {
 #[tokio::test]
 async fn client_secret_basic_issues_a_token_with_the_documented_claims() {
     let gw = setup().await;
-    let auth = basic("svc", "svc-secret");
-    let answer = token_request(
-        &gw,
-        &[FORM, ("authorization", &auth)],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let answer = basic_grant(&gw, "svc", "svc-secret").await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));
     assert_eq!(answer.header("cache-control"), Some("no-store"));
@@ -158,39 +163,17 @@ async fn client_secret_post_and_url_encoded_basic_credentials_work() {
 #[tokio::test]
 async fn argon2id_clients_authenticate() {
     let gw = setup().await;
-    let auth = basic("human", "correct horse");
-    let answer = token_request(
-        &gw,
-        &[FORM, ("authorization", &auth)],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let answer = basic_grant(&gw, "human", "correct horse").await;
     assert_eq!(answer.status, 200);
-    let auth = basic("human", "wrong horse");
-    let answer = token_request(
-        &gw,
-        &[FORM, ("authorization", &auth)],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let answer = basic_grant(&gw, "human", "wrong horse").await;
     assert_oauth_error(&answer, 401, "invalid_client");
 }
 
 #[tokio::test]
 async fn an_unknown_client_and_a_wrong_secret_get_the_same_answer() {
     let gw = setup().await;
-    let wrong_secret = token_request(
-        &gw,
-        &[FORM, ("authorization", &basic("svc", "nope"))],
-        "grant_type=client_credentials",
-    )
-    .await;
-    let unknown = token_request(
-        &gw,
-        &[FORM, ("authorization", &basic("ghost", "svc-secret"))],
-        "grant_type=client_credentials",
-    )
-    .await;
+    let wrong_secret = basic_grant(&gw, "svc", "nope").await;
+    let unknown = basic_grant(&gw, "ghost", "svc-secret").await;
     for answer in [&wrong_secret, &unknown] {
         assert_oauth_error(answer, 401, "invalid_client");
         assert_eq!(

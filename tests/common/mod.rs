@@ -3,7 +3,6 @@
 //! client and a raw-socket client for requests hyper would refuse to send.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,7 +80,12 @@ pub fn mint(
 ) -> String {
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_owned);
-    let key = match alg {
+    mint_with_header(pair, header, claims)
+}
+
+/// Mints a token with any header (its `alg` picks how the PEM is read).
+pub fn mint_with_header(pair: &KeyPair, header: jsonwebtoken::Header, claims: &Value) -> String {
+    let key = match header.alg {
         jsonwebtoken::Algorithm::ES256 => {
             jsonwebtoken::EncodingKey::from_ec_pem(pair.private_pem.as_bytes())
         }
@@ -417,13 +421,5 @@ pub fn header_values(recorded: &Recorded, name: &str) -> Vec<String> {
         .get_all(name)
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .collect()
-}
-
-pub fn header_map(recorded: &Recorded) -> HashMap<String, String> {
-    recorded
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect()
 }
