@@ -34,6 +34,19 @@ pub struct FileConfig {
     pub routes: Vec<RouteConfig>,
 }
 
+impl FileConfig {
+    /// Every file this config names, as written (relative to the config's
+    /// directory). Hot reload watches them and hashes their contents; a
+    /// feature that reads a file must list it here.
+    pub fn named_files(&self) -> Vec<&Path> {
+        self.keys
+            .iter()
+            .flat_map(|key| [key.private_key.as_deref(), key.public_key.as_deref()])
+            .flatten()
+            .collect()
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }

@@ -1,7 +1,10 @@
 //! `Runtime`: the current [`Snapshot`] behind an `ArcSwap`, and the state
-//! that outlives any one snapshot (generated keys, the upstream client).
+//! that outlives any one snapshot (generated keys, the upstream client, the
+//! reload counters). Reloading is in [`crate::reload`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -9,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::config::{ConfigError, ConfigSource};
 use crate::forward::{self, UpstreamClient};
 use crate::keys::{local, Algorithm, LocalKey};
+use crate::reload::{self, ReloadCounters, SourceScan};
 use crate::snapshot::Snapshot;
 
 /// `generate: true` keys, made once per process and reused by every snapshot
@@ -34,22 +38,39 @@ impl GeneratedKeys {
 
 /// Shared by every connection for the life of the process.
 pub struct Runtime {
-    snapshot: ArcSwap<Snapshot>,
-    pub source: ConfigSource,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// The config file as the user named it; `None` for the embedded demo.
+    pub(crate) config_path: Option<PathBuf>,
+    /// The `listen` and `admin` the process started with: changing them
+    /// needs a restart, which a reload says in its log line.
+    pub(crate) started_listen: SocketAddr,
+    pub(crate) started_admin: SocketAddr,
     pub generated: GeneratedKeys,
     pub client: UpstreamClient,
+    /// Held for the whole of a reload (so a SIGHUP and a file event never
+    /// build at once); holds what the last attempt read, so a file event
+    /// that changed no content is a no-op.
+    pub(crate) last_scan: Mutex<SourceScan>,
+    pub(crate) reloads: ReloadCounters,
 }
 
 impl Runtime {
     /// Builds the first snapshot; fails with the config error.
     pub fn load(source: ConfigSource) -> Result<Arc<Runtime>, ConfigError> {
+        // Scanned before building: if a file changes in between, the next
+        // event sees a different hash and reloads, so nothing is missed.
+        let scan = reload::scan(source.path.as_deref());
         let generated = GeneratedKeys::default();
         let snapshot = Snapshot::build(&source, &generated)?;
         Ok(Arc::new(Runtime {
+            started_listen: snapshot.listen,
+            started_admin: snapshot.admin,
             snapshot: ArcSwap::from_pointee(snapshot),
-            source,
+            config_path: source.path,
             generated,
             client: forward::client(),
+            last_scan: Mutex::new(scan),
+            reloads: ReloadCounters::default(),
         }))
     }
 
@@ -57,5 +78,10 @@ impl Runtime {
     /// end, so a swap never changes the rules under a request in flight.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The config file being served, `None` for the embedded demo.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::gateway::{self, Connection};
 use crate::runtime::Runtime;
+use crate::watch::ConfigWatcher;
 
 /// How long connections may take to finish once shutdown starts.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -97,12 +98,15 @@ pub struct RunningGateway {
     /// The bound public address (useful with `listen: 127.0.0.1:0`).
     pub addr: SocketAddr,
     pub runtime: Arc<Runtime>,
+    /// Reloads on config file changes; `None` for the embedded demo.
+    _watcher: Option<ConfigWatcher>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningGateway {
-    /// Loads the config, binds `listen` and starts serving.
+    /// Loads the config, binds `listen`, starts serving and starts watching
+    /// the config files.
     pub async fn start(source: crate::config::ConfigSource) -> Result<RunningGateway, String> {
         let runtime = Runtime::load(source).map_err(|e| e.to_string())?;
         let listener = bind(runtime.snapshot().listen).await?;
@@ -114,6 +118,7 @@ impl RunningGateway {
         let task = tokio::spawn(serve_public(listener, runtime.clone(), stop, DEFAULT_DRAIN));
         Ok(RunningGateway {
             addr,
+            _watcher: crate::watch::spawn(runtime.clone()),
             runtime,
             shutdown,
             task,

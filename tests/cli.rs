@@ -1043,6 +1043,35 @@ impl Server {
         );
     }
 
+    /// Waits (up to `timeout`) for a stderr line for which `wanted` holds,
+    /// among the lines not yet seen; panics with the log when none comes.
+    fn wait_for_line(&mut self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            let line = strip_ansi(&line);
+            self.seen.push(line.clone());
+            if wanted(&line) {
+                return line;
+            }
+        }
+        panic!(
+            "no such log line within {timeout:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Sends `SIGHUP` to the process.
+    fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed: {status}");
+    }
+
     /// The public listener: the one serving the JWKS (SPEC §3 Discovery).
     fn public_addr(&mut self) -> SocketAddr {
         self.listener_where(LISTEN_TIMEOUT, |addr| {
@@ -1205,6 +1234,81 @@ fn run_logs_have_no_terminal_escapes_when_stderr_is_not_a_terminal() {
         escaped.is_empty(),
         "ANSI escapes in piped logs: {escaped:?}"
     );
+}
+
+/// The kids in the JWKS served at `addr`.
+fn served_kids(addr: SocketAddr) -> Vec<String> {
+    let response = http_get(addr, "/.well-known/jwks.json").expect("a JWKS response");
+    assert_eq!(response.status, 200, "{response:?}");
+    let jwks: Value = serde_json::from_slice(&response.body).expect("a JSON body");
+    jwks["keys"]
+        .as_array()
+        .expect("`keys` array")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("a kid").to_owned())
+        .collect()
+}
+
+/// SPEC §5: every SIGHUP is a full, counted reload — also when nothing
+/// changed — and a `listen` change is logged as needing a restart while the
+/// rest of the reload applies. SIGHUP never kills the gateway.
+#[test]
+fn run_reloads_on_sighup_and_logs_what_needs_a_restart() {
+    const RELOAD_WAIT: Duration = Duration::from_secs(3);
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let mut server = Server::spawn(command);
+    let addr = server.public_addr();
+    let reloaded_by_sighup = |l: &str| l.contains("config reloaded from") && l.contains("SIGHUP");
+
+    for _ in 0..2 {
+        server.hang_up();
+        let line = server.wait_for_line(RELOAD_WAIT, reloaded_by_sighup);
+        assert!(line.contains(&display(&config)), "{line}");
+    }
+    assert_eq!(served_kids(addr), ["gw", "old"]);
+
+    // A new listen address and one key fewer: the key goes at once, the
+    // address waits for a restart.
+    let moved = fixture
+        .valid_yaml()
+        .replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1")
+        .replace(
+            "  - kid: old\n    alg: RS256\n    public_key: keys/old.pub.pem\n",
+            "",
+        );
+    std::fs::write(&config, moved).unwrap();
+    server.hang_up();
+    let warning = server.wait_for_line(RELOAD_WAIT, |l| l.contains("`listen` changed"));
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("changed from 127.0.0.1:0 to 127.0.0.1:1: restart to apply it"),
+        "{warning}"
+    );
+    server.wait_for_line(RELOAD_WAIT, reloaded_by_sighup);
+    assert_eq!(served_kids(addr), ["gw"], "served on the old address");
+
+    std::fs::write(&config, "listen: [").unwrap();
+    server.hang_up();
+    let failure = server.wait_for_line(RELOAD_WAIT, |l| {
+        l.contains("config reload failed") && l.contains("SIGHUP")
+    });
+    assert!(
+        failure.contains("ERROR")
+            && failure.contains(&format!(
+                "still serving the previous config: {}: ",
+                display(&config)
+            )),
+        "{failure}"
+    );
+    assert_eq!(
+        served_kids(addr),
+        ["gw"],
+        "the previous config still serves"
+    );
+    assert_eq!(server.child.0.try_wait().unwrap(), None, "still running");
 }
 
 #[test]

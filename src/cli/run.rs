@@ -1,8 +1,11 @@
-//! `jwtgate run`: serve until SIGTERM or Ctrl-C.
+//! `jwtgate run`: serve until SIGTERM or Ctrl-C; reload on SIGHUP.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use jwtgate::config::ConfigSource;
+use jwtgate::reload::Trigger;
+use jwtgate::runtime::Runtime;
 use jwtgate::server::RunningGateway;
 
 use super::RunArgs;
@@ -18,7 +21,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
+        // Before anything else: SIGHUP's default action kills the process,
+        // so a reload sent just after start must find the handler in place.
+        let hangups = HangupSignals::install();
         let gateway = RunningGateway::start(source).await?;
+        hangups.reload_on_each(gateway.runtime.clone());
         if is_demo {
             print_demo_commands(gateway.addr);
         }
@@ -42,19 +49,50 @@ fn print_demo_commands(addr: std::net::SocketAddr) {
     );
 }
 
+/// `SIGHUP`, caught from the start of `run`.
+struct HangupSignals {
+    #[cfg(unix)]
+    stream: Option<tokio::signal::unix::Signal>,
+}
+
+impl HangupSignals {
+    fn install() -> HangupSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let stream = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot catch SIGHUP ({e}); reload by editing the config file")
+                })
+                .ok();
+            HangupSignals { stream }
+        }
+        #[cfg(not(unix))]
+        HangupSignals {}
+    }
+
+    /// Every `SIGHUP` from now on runs a full reload (counted even when
+    /// nothing changed, SPEC §5).
+    fn reload_on_each(self, runtime: Arc<Runtime>) {
+        #[cfg(unix)]
+        if let Some(mut stream) = self.stream {
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    let reloading = runtime.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloading.reload(Trigger::Signal))
+                        .await;
+                }
+            });
+        }
+        #[cfg(not(unix))]
+        let _ = runtime;
+    }
+}
+
 async fn wait_for_shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        // SIGHUP's default action would kill the gateway; until hot reload
-        // exists, say so and keep serving.
-        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-            tokio::spawn(async move {
-                while hangup.recv().await.is_some() {
-                    tracing::warn!("SIGHUP received: this build cannot reload; restart to apply config changes");
-                }
-            });
-        }
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {

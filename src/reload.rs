@@ -1,0 +1,262 @@
+//! Hot reload (SPEC §5): build a whole new [`Snapshot`] off to the side and
+//! swap it in only when every part of it is valid.
+//!
+//! Two triggers call [`Runtime::reload`]: `SIGHUP` (always a full reload,
+//! always counted) and the file watcher ([`crate::watch`]), whose events are
+//! a no-op when the content of the config and every file it names hashes the
+//! same as at the last attempt (a `touch`, an editor saving unchanged text,
+//! the watcher seeing its own reads).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+
+use crate::config::{ConfigError, ConfigSource};
+use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `SIGHUP`: reload even if nothing changed.
+    Signal,
+    /// A watched file or directory changed: reload only if content changed.
+    FileChange,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChange => "file change",
+        }
+    }
+}
+
+/// The result of one [`Runtime::reload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new snapshot is serving.
+    Applied,
+    /// A file event, but the content was the same as at the last attempt.
+    Unchanged,
+    /// The running snapshot is kept.
+    Failed(ConfigError),
+}
+
+/// Reload counts, kept outside any snapshot (they are process history).
+#[derive(Debug)]
+pub struct ReloadCounters {
+    success: AtomicU64,
+    failure: AtomicU64,
+    /// Unix seconds of the last successful load (the first load included).
+    last_success: AtomicU64,
+}
+
+impl Default for ReloadCounters {
+    fn default() -> Self {
+        ReloadCounters {
+            success: AtomicU64::new(0),
+            failure: AtomicU64::new(0),
+            last_success: AtomicU64::new(unix_now()),
+        }
+    }
+}
+
+/// A copy of the reload counts at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadStats {
+    pub success: u64,
+    pub failure: u64,
+    pub last_success_unix_secs: u64,
+}
+
+/// What one pass over the config and the files it names found: a hash of
+/// all their bytes, and the directories to watch for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceScan {
+    fingerprint: Vec<u8>,
+    /// The config's directory first, then each named file's directory.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Hashes the config file at `path` and every file it names (a missing or
+/// unreadable file hashes as such), and lists their directories. Never
+/// fails: a config that does not parse is hashed alone, and the build that
+/// follows reports what is wrong with it.
+pub fn scan(path: Option<&Path>) -> SourceScan {
+    let Some(path) = path else {
+        return SourceScan::default();
+    };
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let mut dirs = Vec::new();
+    let mut add = |file: &Path| -> Option<Vec<u8>> {
+        let bytes = std::fs::read(file);
+        hash.update(file.as_os_str().as_encoded_bytes());
+        match &bytes {
+            Ok(content) => {
+                hash.update(&[1]);
+                hash.update(&(content.len() as u64).to_be_bytes());
+                hash.update(content);
+            }
+            Err(e) => {
+                hash.update(&[0]);
+                hash.update(e.kind().to_string().as_bytes());
+            }
+        }
+        let dir = match file.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+        bytes.ok()
+    };
+    let text = add(path).and_then(|bytes| String::from_utf8(bytes).ok());
+    if let Some(text) = text {
+        let source = ConfigSource {
+            path: Some(path.to_owned()),
+            text,
+        };
+        if let Ok(config) = source.parse() {
+            for named in config.named_files() {
+                add(&source.resolve(named));
+            }
+        }
+    }
+    SourceScan {
+        fingerprint: hash.finish().as_ref().to_vec(),
+        dirs,
+    }
+}
+
+impl Runtime {
+    /// Reloads the config: parse, validate, read and parse every key,
+    /// compile every route; store the new snapshot only if all of it
+    /// worked. Logs one line either way. Blocking (file reads, key parsing):
+    /// call it from `spawn_blocking` in async code.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        self.reload_and_scan(trigger).0
+    }
+
+    /// [`Runtime::reload`], also returning the directories the watcher
+    /// should watch from now on.
+    pub(crate) fn reload_and_scan(&self, trigger: Trigger) -> (Outcome, Vec<PathBuf>) {
+        let mut last = self
+            .last_scan
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let scan = scan(self.config_path.as_deref());
+        let dirs = scan.dirs.clone();
+        if trigger == Trigger::FileChange && scan == *last {
+            return (Outcome::Unchanged, dirs);
+        }
+        *last = scan;
+        let source = match &self.config_path {
+            Some(path) => ConfigSource::read(path),
+            None => Ok(ConfigSource::demo()),
+        };
+        let built = source.and_then(|source| Snapshot::build(&source, &self.generated));
+        let outcome = match built {
+            Ok(snapshot) => {
+                self.warn_about_restart_only_changes(&snapshot);
+                let file = snapshot.source.clone();
+                self.snapshot.store(Arc::new(snapshot));
+                self.reloads.success.fetch_add(1, Ordering::Relaxed);
+                self.reloads
+                    .last_success
+                    .store(unix_now(), Ordering::Relaxed);
+                tracing::info!(trigger = trigger.as_str(), "config reloaded from {file}");
+                Outcome::Applied
+            }
+            Err(error) => {
+                self.reloads.failure.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    "config reload failed, still serving the previous config: {error}"
+                );
+                Outcome::Failed(error)
+            }
+        };
+        (outcome, dirs)
+    }
+
+    /// The reload counts so far.
+    pub fn reload_stats(&self) -> ReloadStats {
+        ReloadStats {
+            success: self.reloads.success.load(Ordering::Relaxed),
+            failure: self.reloads.failure.load(Ordering::Relaxed),
+            last_success_unix_secs: self.reloads.last_success.load(Ordering::Relaxed),
+        }
+    }
+
+    fn warn_about_restart_only_changes(&self, new: &Snapshot) {
+        let changes = [
+            ("listen", self.started_listen, new.listen),
+            ("admin", self.started_admin, new.admin),
+        ];
+        for (field, running, wanted) in changes {
+            if running != wanted {
+                tracing::warn!(
+                    "{}: `{field}` changed from {running} to {wanted}: restart to apply it \
+                     (the rest of the reload applies)",
+                    new.source
+                );
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_hashes_the_config_and_every_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gw.yaml");
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(
+            &config,
+            "keys:\n  - {kid: a, alg: ES256, public_key: keys/a.pub.pem}\n",
+        )
+        .unwrap();
+        let missing = scan(Some(&config));
+        assert_eq!(
+            missing.dirs,
+            vec![dir.path().to_owned(), dir.path().join("keys")]
+        );
+
+        std::fs::write(dir.path().join("keys/a.pub.pem"), "one").unwrap();
+        let one = scan(Some(&config));
+        assert_ne!(one, missing, "a named file appearing changes the hash");
+        assert_eq!(scan(Some(&config)), one, "same bytes, same hash");
+
+        std::fs::write(dir.path().join("keys/a.pub.pem"), "two").unwrap();
+        assert_ne!(scan(Some(&config)), one, "a named file's bytes count");
+        std::fs::write(dir.path().join("unrelated"), "x").unwrap();
+        std::fs::write(dir.path().join("keys/a.pub.pem"), "one").unwrap();
+        assert_eq!(scan(Some(&config)), one, "unrelated files do not count");
+    }
+
+    #[test]
+    fn an_unparsable_config_is_hashed_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gw.yaml");
+        std::fs::write(&config, "keys: [").unwrap();
+        let broken = scan(Some(&config));
+        assert_eq!(broken.dirs, vec![dir.path().to_owned()]);
+        std::fs::write(&config, "keys: []").unwrap();
+        assert_ne!(scan(Some(&config)), broken);
+    }
+}
