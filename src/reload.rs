@@ -75,25 +75,22 @@ pub struct ReloadStats {
 }
 
 /// What one pass over the config and the files it names found: a hash of
-/// all their bytes, and the directories to watch for them.
+/// all their bytes, and where to watch for changes to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceScan {
     fingerprint: Vec<u8>,
-    /// The config's directory first, then each named file's directory.
+    /// The directories to watch: each file's directory as named, and the
+    /// directory it resolves to through symlinks (the config's first).
     pub dirs: Vec<PathBuf>,
+    /// The paths whose events matter: each file as named (joined to its
+    /// watched directory, the way watch events name it) and as resolved.
+    pub files: Vec<PathBuf>,
 }
 
-/// Hashes the config file at `path` and every file it names (a missing or
-/// unreadable file hashes as such), and lists their directories. Never
-/// fails: a config that does not parse is hashed alone, and the build that
-/// follows reports what is wrong with it.
-pub fn scan(path: Option<&Path>) -> SourceScan {
-    let Some(path) = path else {
-        return SourceScan::default();
-    };
-    let mut hash = digest::Context::new(&digest::SHA256);
-    let mut dirs = Vec::new();
-    let mut add = |file: &Path| -> Option<Vec<u8>> {
+impl SourceScan {
+    /// Hashes one file's bytes (or why they could not be read) and notes
+    /// where to watch it; returns the bytes.
+    fn add(&mut self, hash: &mut digest::Context, file: &Path) -> Option<Vec<u8>> {
         let bytes = std::fs::read(file);
         hash.update(file.as_os_str().as_encoded_bytes());
         match &bytes {
@@ -107,16 +104,46 @@ pub fn scan(path: Option<&Path>) -> SourceScan {
                 hash.update(e.kind().to_string().as_bytes());
             }
         }
-        let dir = match file.parent() {
+        let named_dir = match file.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
             _ => PathBuf::from("."),
         };
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
+        if let Some(name) = file.file_name() {
+            self.note(named_dir.clone(), named_dir.join(name));
+        }
+        // A file reached through a symlink into another directory changes
+        // there: watch that directory too.
+        if let Ok(resolved) = std::fs::canonicalize(file) {
+            if let Some(resolved_dir) = resolved.parent() {
+                self.note(resolved_dir.to_owned(), resolved.clone());
+            }
         }
         bytes.ok()
+    }
+
+    fn note(&mut self, dir: PathBuf, file: PathBuf) {
+        if !self.dirs.contains(&dir) {
+            self.dirs.push(dir);
+        }
+        if !self.files.contains(&file) {
+            self.files.push(file);
+        }
+    }
+}
+
+/// Hashes the config file at `path` and every file it names (a missing or
+/// unreadable file hashes as such), and lists where to watch them. Never
+/// fails: a config that does not parse is hashed alone, and the build that
+/// follows reports what is wrong with it.
+pub fn scan(path: Option<&Path>) -> SourceScan {
+    let mut scan = SourceScan::default();
+    let Some(path) = path else {
+        return scan;
     };
-    let text = add(path).and_then(|bytes| String::from_utf8(bytes).ok());
+    let mut hash = digest::Context::new(&digest::SHA256);
+    let text = scan
+        .add(&mut hash, path)
+        .and_then(|bytes| String::from_utf8(bytes).ok());
     if let Some(text) = text {
         let source = ConfigSource {
             path: Some(path.to_owned()),
@@ -124,14 +151,12 @@ pub fn scan(path: Option<&Path>) -> SourceScan {
         };
         if let Ok(config) = source.parse() {
             for named in config.named_files() {
-                add(&source.resolve(named));
+                scan.add(&mut hash, &source.resolve(named));
             }
         }
     }
-    SourceScan {
-        fingerprint: hash.finish().as_ref().to_vec(),
-        dirs,
-    }
+    scan.fingerprint = hash.finish().as_ref().to_vec();
+    scan
 }
 
 impl Runtime {
@@ -143,19 +168,18 @@ impl Runtime {
         self.reload_and_scan(trigger).0
     }
 
-    /// [`Runtime::reload`], also returning the directories the watcher
-    /// should watch from now on.
-    pub(crate) fn reload_and_scan(&self, trigger: Trigger) -> (Outcome, Vec<PathBuf>) {
+    /// [`Runtime::reload`], also returning what the watcher should watch
+    /// from now on.
+    pub(crate) fn reload_and_scan(&self, trigger: Trigger) -> (Outcome, SourceScan) {
         let mut last = self
             .last_scan
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let scan = scan(self.config_path.as_deref());
-        let dirs = scan.dirs.clone();
         if trigger == Trigger::FileChange && scan == *last {
-            return (Outcome::Unchanged, dirs);
+            return (Outcome::Unchanged, scan);
         }
-        *last = scan;
+        *last = scan.clone();
         let source = match &self.config_path {
             Some(path) => ConfigSource::read(path),
             None => Ok(ConfigSource::demo()),
@@ -182,7 +206,7 @@ impl Runtime {
                 Outcome::Failed(error)
             }
         };
-        (outcome, dirs)
+        (outcome, scan)
     }
 
     /// The reload counts so far.
@@ -232,10 +256,13 @@ mod tests {
         )
         .unwrap();
         let missing = scan(Some(&config));
-        assert_eq!(
-            missing.dirs,
-            vec![dir.path().to_owned(), dir.path().join("keys")]
-        );
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        let mut dirs = vec![dir.path().to_owned(), dir.path().join("keys")];
+        if real != dir.path() {
+            dirs.insert(1, real.clone());
+        }
+        assert_eq!(missing.dirs, dirs);
+        assert!(missing.files.contains(&dir.path().join("keys/a.pub.pem")));
 
         std::fs::write(dir.path().join("keys/a.pub.pem"), "one").unwrap();
         let one = scan(Some(&config));
@@ -255,7 +282,8 @@ mod tests {
         let config = dir.path().join("gw.yaml");
         std::fs::write(&config, "keys: [").unwrap();
         let broken = scan(Some(&config));
-        assert_eq!(broken.dirs, vec![dir.path().to_owned()]);
+        assert_eq!(broken.dirs[0], dir.path().to_owned());
+        assert_eq!(broken.files[0], config);
         std::fs::write(&config, "keys: []").unwrap();
         assert_ne!(scan(Some(&config)), broken);
     }

@@ -4,14 +4,15 @@
 //!
 //! Directories are watched, not files: editors replace files by rename,
 //! Kubernetes swaps a `..data` symlink to a new directory and deletes the
-//! old one, and a watch on the old file would see none of that. Every event
-//! leads to a rescan whose content hash decides whether anything changed, so
-//! noise (our own reads, unrelated files, `touch`) costs a hash and nothing
-//! more.
+//! old one, and a watch on the old file would see none of that. Only events
+//! that name a watched file, a watched directory or a Kubernetes `..`-entry
+//! count (a log file written beside the config must not cause rescans), and
+//! each leads to a rescan whose content hash decides whether anything
+//! changed (a `touch` costs a hash and nothing more).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -19,7 +20,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::reload::Trigger;
+use crate::reload::{SourceScan, Trigger};
 use crate::runtime::Runtime;
 
 /// A burst of events (an editor's save, a `..data` swap) is one reload: wait
@@ -54,7 +55,9 @@ pub fn spawn(runtime: Arc<Runtime>) -> Option<ConfigWatcher> {
 
 async fn watch_loop(runtime: Arc<Runtime>) {
     let wake = Arc::new(Notify::new());
-    let mut watcher = match new_watcher(wake.clone()) {
+    let first = runtime.last_scan();
+    let relevant = Arc::new(Mutex::new(RelevantPaths::from(&first)));
+    let mut watcher = match new_watcher(wake.clone(), relevant.clone()) {
         Ok(watcher) => Some(watcher),
         Err(e) => {
             tracing::warn!(
@@ -65,7 +68,7 @@ async fn watch_loop(runtime: Arc<Runtime>) {
         }
     };
     let mut watched = WatchedDirs::default();
-    let mut all_watched = watched.sync(&mut watcher, &runtime.watched_dirs()).complete;
+    let mut all_watched = watched.sync(&mut watcher, &first.dirs).complete;
     // A change made between the first load and the watches being in place
     // would otherwise wait for the next event: rescan once now.
     wake.notify_one();
@@ -80,13 +83,14 @@ async fn watch_loop(runtime: Arc<Runtime>) {
         }
         settle(&wake).await;
         let reloading = runtime.clone();
-        let Ok((_, dirs)) =
+        let Ok((_, scan)) =
             tokio::task::spawn_blocking(move || reloading.reload_and_scan(Trigger::FileChange))
                 .await
         else {
             continue;
         };
-        let synced = watched.sync(&mut watcher, &dirs);
+        *relevant.lock().unwrap_or_else(|p| p.into_inner()) = RelevantPaths::from(&scan);
+        let synced = watched.sync(&mut watcher, &scan.dirs);
         all_watched = synced.complete;
         if synced.moved {
             // A directory now resolves elsewhere (its symlink was swapped
@@ -112,22 +116,60 @@ async fn settle(wake: &Notify) {
     }
 }
 
-fn new_watcher(wake: Arc<Notify>) -> notify::Result<RecommendedWatcher> {
+fn new_watcher(
+    wake: Arc<Notify>,
+    relevant: Arc<Mutex<RelevantPaths>>,
+) -> notify::Result<RecommendedWatcher> {
     notify::recommended_watcher(move |event: notify::Result<Event>| {
-        // An error (say, an event queue overflow) may hide a change:
-        // rescan. Reads (ours included) change nothing: ignore them.
-        if event.as_ref().map_or(true, is_a_change) {
+        // An error (say, an event queue overflow) may hide a change: rescan.
+        let matters = match &event {
+            Ok(event) => {
+                is_a_change(event)
+                    && relevant
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .any_in(&event.paths)
+            }
+            Err(_) => true,
+        };
+        if matters {
             wake.notify_one();
         }
     })
 }
 
+/// Reads (ours included) change nothing; everything else may.
 fn is_a_change(event: &Event) -> bool {
     match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// The paths whose events lead to a rescan.
+#[derive(Debug, Default)]
+struct RelevantPaths(HashSet<PathBuf>);
+
+impl From<&SourceScan> for RelevantPaths {
+    fn from(scan: &SourceScan) -> Self {
+        RelevantPaths(scan.files.iter().chain(&scan.dirs).cloned().collect())
+    }
+}
+
+impl RelevantPaths {
+    /// An event without paths may be about anything; Kubernetes' atomic
+    /// writer moves `..data` and `..<timestamp>` entries, never the files.
+    fn any_in(&self, paths: &[PathBuf]) -> bool {
+        paths.is_empty()
+            || paths.iter().any(|path| {
+                self.0.contains(path) || path.file_name().is_some_and(is_kubernetes_entry)
+            })
+    }
+}
+
+fn is_kubernetes_entry(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"..")
 }
 
 /// The directories being watched, each with what it was when the watch was
@@ -214,13 +256,42 @@ impl WatchedDirs {
 }
 
 impl Runtime {
-    /// The directories of the config and the files it names, as of the last
-    /// load or reload attempt.
-    fn watched_dirs(&self) -> Vec<PathBuf> {
+    /// What the last load or reload attempt read.
+    fn last_scan(&self) -> SourceScan {
         self.last_scan
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .dirs
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_events_about_watched_files_or_kubernetes_entries_matter() {
+        let relevant = RelevantPaths(HashSet::from([
+            PathBuf::from("/etc/gw"),
+            PathBuf::from("/etc/gw/gw.yaml"),
+            PathBuf::from("/etc/gw/keys/a.pem"),
+        ]));
+        let matters = |paths: &[&str]| {
+            let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+            relevant.any_in(&paths)
+        };
+        assert!(matters(&["/etc/gw/gw.yaml"]));
+        assert!(
+            matters(&["/etc/gw/gw.yaml.tmp", "/etc/gw/gw.yaml"]),
+            "rename over"
+        );
+        assert!(matters(&["/etc/gw/keys/a.pem"]));
+        assert!(matters(&["/etc/gw"]), "the directory itself went away");
+        assert!(matters(&["/etc/gw/..data"]));
+        assert!(matters(&["/etc/gw/..2026_12_04_17_00_00.1"]));
+        assert!(matters(&[]), "an event without paths");
+        assert!(!matters(&["/etc/gw/gateway.log"]));
+        assert!(!matters(&["/etc/gw/gw.yaml.swp"]));
+        assert!(!matters(&["/etc/gw/keys/b.pem"]));
     }
 }
