@@ -69,6 +69,9 @@ pub struct Limits {
     pub upstream_timeout: ConfigDuration,
     /// Time a client has to send a complete request head (slowloris guard).
     pub header_read_timeout: ConfigDuration,
+    /// On SIGTERM, how long requests in flight may take to finish before
+    /// their connections are closed.
+    pub drain_timeout: ConfigDuration,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             upstream_timeout: ConfigDuration(Duration::from_secs(30)),
             header_read_timeout: ConfigDuration(Duration::from_secs(10)),
+            drain_timeout: ConfigDuration(Duration::from_secs(30)),
         }
     }
 }

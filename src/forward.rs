@@ -42,6 +42,11 @@ pub struct HttpUpstream {
 }
 
 impl Upstream {
+    /// A real upstream (with connections that can fail), not `demo`.
+    pub fn is_http(&self) -> bool {
+        matches!(self, Upstream::Http(_))
+    }
+
     pub fn parse(text: &str) -> Result<Upstream, String> {
         if text == "demo" {
             return Ok(Upstream::Demo {

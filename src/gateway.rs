@@ -5,15 +5,17 @@
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body_util::BodyExt;
 
+use crate::access_log::{self, AccessRecord};
 use crate::body::{full, Body, LimitedBody};
 use crate::error::GatewayError;
 use crate::forward::{self, ClientInfo, Upstream};
+use crate::metrics::{TokenResult, UpstreamErrorKind};
 use crate::policy::{PolicyInput, Verdict};
 use crate::router;
 use crate::runtime::Runtime;
@@ -30,7 +32,23 @@ pub struct Connection {
     pub proto: &'static str,
 }
 
+/// The `route` label of the token endpoint (a reserved route name).
+const TOKEN_ROUTE: &str = "token";
+/// The `route` label of requests no route matched (a reserved route name).
+const NO_ROUTE: &str = "none";
+
+/// What handling a request found out, for metrics and the access log.
+struct Exchange<'s> {
+    /// The matched route's name, [`TOKEN_ROUTE`] or [`NO_ROUTE`].
+    route: &'s str,
+    /// The verified subject.
+    subject: Option<String>,
+    /// Sending upstream until its response headers (or failure).
+    upstream: Option<Duration>,
+}
+
 /// Handles one request end to end; never fails (errors are responses).
+/// Records the request's metrics and attaches its access log line.
 pub async fn handle(
     runtime: &Runtime,
     mut request: Request<Body>,
@@ -41,52 +59,78 @@ pub async fn handle(
     let request_id = request_id(request.headers());
     request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let method = request.method().clone();
+    let logged_path = access_log::enabled().then(|| request.uri().path().to_owned());
 
-    let outcome = route_and_forward(runtime, &snapshot, request, connection).await;
-    let (route, mut response, subject) = match outcome {
-        Ok(served) => served,
-        Err((route, error)) => {
-            let reason = error.auth_failure().map(|r| r.as_str());
-            tracing::debug!(route, reason, error = ?error, "request refused");
-            (route, error.into_response(), None)
+    let mut exchange = Exchange {
+        route: NO_ROUTE,
+        subject: None,
+        upstream: None,
+    };
+    let result = route_and_forward(runtime, &snapshot, request, connection, &mut exchange).await;
+    let metrics = &runtime.metrics;
+    let mut reason = None;
+    let mut response = match result {
+        Ok(response) => {
+            if exchange.route == TOKEN_ROUTE {
+                metrics.token_request(TokenResult::Issued);
+            }
+            response
+        }
+        Err(error) => {
+            if exchange.route == TOKEN_ROUTE {
+                metrics.token_request(TokenResult::of_error(&error));
+            }
+            if let Some(failure) = error.auth_failure() {
+                metrics.auth_failure(exchange.route, failure);
+                reason = Some(failure.as_str());
+            }
+            if let Some(kind) = UpstreamErrorKind::of_error(&error) {
+                metrics.upstream_error(exchange.route, kind);
+            }
+            tracing::debug!(route = exchange.route, reason, error = ?error, "request refused");
+            error.into_response()
         }
     };
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
-    tracing::info!(
-        target: "jwtgate::access",
-        route,
-        method = %method,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        subject = subject.as_deref(),
-        request_id = request_id.to_str().unwrap_or(""),
-        peer = %connection.peer,
+    metrics.request(
+        exchange.route,
+        &method,
+        response.status(),
+        started.elapsed(),
     );
-    response
+    if let Some(upstream) = exchange.upstream {
+        metrics.upstream_duration(exchange.route, upstream);
+    }
+    match logged_path {
+        Some(path) => AccessRecord {
+            route: exchange.route.to_owned(),
+            method,
+            path,
+            status: response.status().as_u16(),
+            started,
+            upstream: exchange.upstream,
+            subject: exchange.subject,
+            reason,
+            request_id,
+            peer: connection.peer,
+        }
+        .attach(response),
+        None => response,
+    }
 }
-
-/// The route name (`none` when nothing matched, `token` for the token
-/// endpoint), and the response with the verified subject, or the error.
-type Outcome<'s> = Result<(&'s str, Response<Body>, Option<String>), (&'s str, GatewayError)>;
 
 async fn route_and_forward<'s>(
     runtime: &Runtime,
     snapshot: &'s Snapshot,
     mut request: Request<Body>,
     connection: Connection,
-) -> Outcome<'s> {
-    if let Err(e) = check_head_limits(&request, snapshot) {
-        return unrouted_error(e);
-    }
-    if let Err(why) = router::check_normal_form(request.uri().path()) {
-        return unrouted_error(GatewayError::BadRequest(why));
-    }
-    let host_header = match single_host(request.headers()) {
-        Ok(host) => host.cloned(),
-        Err(e) => return unrouted_error(e),
-    };
+    exchange: &mut Exchange<'s>,
+) -> Result<Response<Body>, GatewayError> {
+    check_head_limits(&request, snapshot)?;
+    router::check_normal_form(request.uri().path()).map_err(GatewayError::BadRequest)?;
+    let host_header = single_host(request.headers())?.cloned();
     // RFC 9112 §3.2.2: an absolute-form target's authority replaces `Host`.
     let client_host = match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -101,10 +145,8 @@ async fn route_and_forward<'s>(
 
     if let Some(endpoint) = &snapshot.token_endpoint {
         if path == endpoint.path {
-            return match endpoint.handle(request, now).await {
-                Ok(response) => Ok(("token", response, None)),
-                Err(e) => Err(("token", e)),
-            };
+            exchange.route = TOKEN_ROUTE;
+            return endpoint.handle(request, now).await;
         }
     }
     if path == JWKS_PATH {
@@ -114,11 +156,9 @@ async fn route_and_forward<'s>(
         return well_known(request.method(), snapshot.metadata_document.as_ref());
     }
 
-    let Some(route) = router::find(&snapshot.routes, host.as_deref(), request.method(), &path)
-    else {
-        return unrouted_error(GatewayError::NoRoute);
-    };
-    let name = route.name.as_str();
+    let route = router::find(&snapshot.routes, host.as_deref(), request.method(), &path)
+        .ok_or(GatewayError::NoRoute)?;
+    exchange.route = route.name.as_str();
     strip_identity_headers(request.headers_mut(), &snapshot.injected_headers);
 
     let mut verdict = Verdict::default();
@@ -126,15 +166,16 @@ async fn route_and_forward<'s>(
         headers: request.headers(),
         keys: &snapshot.keys,
         now,
+        metrics: &runtime.metrics,
     };
     for policy in &route.policies {
-        policy.apply(&input, &mut verdict).map_err(|e| (name, e))?;
+        policy.apply(&input, &mut verdict)?;
     }
-    let subject = verdict.subject.clone();
+    exchange.subject = verdict.subject.clone();
 
     let limit = snapshot.limits.max_body_bytes;
     if declared_length(request.headers()).is_some_and(|len| len > limit) {
-        return Err((name, GatewayError::BodyTooLarge));
+        return Err(GatewayError::BodyTooLarge);
     }
     let client = ClientInfo {
         peer: connection.peer,
@@ -152,17 +193,19 @@ async fn route_and_forward<'s>(
         Upstream::Demo { .. } => None,
     };
     let upstream_request =
-        forward::upstream_request(request, target, target_path, verdict, &client)
-            .map_err(|e| (name, e))?;
-    let response = match &route.upstream {
+        forward::upstream_request(request, target, target_path, verdict, &client)?;
+    match &route.upstream {
         Upstream::Http(_) => {
-            forward::send(
+            let sent = Instant::now();
+            let response = forward::send(
                 &runtime.client,
                 upstream_request,
                 snapshot.limits.upstream_timeout.0,
                 &exceeded,
             )
-            .await
+            .await;
+            exchange.upstream = Some(sent.elapsed());
+            response
         }
         Upstream::Demo {
             subject_header,
@@ -172,14 +215,7 @@ async fn route_and_forward<'s>(
             subject_header,
             scopes_header,
         )),
-    };
-    response
-        .map(|response| (name, response, subject))
-        .map_err(|e| (name, e))
-}
-
-fn unrouted_error(error: GatewayError) -> Outcome<'static> {
-    Err(("none", error))
+    }
 }
 
 fn unix_now() -> u64 {
@@ -266,13 +302,14 @@ fn limit_body(request: Request<Body>, limit: u64) -> (Request<Body>, Arc<AtomicB
     (Request::from_parts(parts, limited.boxed()), exceeded)
 }
 
-fn well_known(method: &Method, document: Option<&bytes::Bytes>) -> Outcome<'static> {
+fn well_known(
+    method: &Method,
+    document: Option<&bytes::Bytes>,
+) -> Result<Response<Body>, GatewayError> {
     if method != Method::GET && method != Method::HEAD {
-        return Err(("none", GatewayError::WellKnownMethodNotAllowed));
+        return Err(GatewayError::WellKnownMethodNotAllowed);
     }
-    let Some(document) = document else {
-        return Err(("none", GatewayError::NoRoute));
-    };
+    let document = document.ok_or(GatewayError::NoRoute)?;
     let mut response = Response::new(full(document.clone()));
     response
         .headers_mut()
@@ -281,7 +318,7 @@ fn well_known(method: &Method, document: Option<&bytes::Bytes>) -> Outcome<'stat
         CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),
     );
-    Ok(("none", response, None))
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -428,14 +428,18 @@ pub fn is_header_safe(text: &str) -> bool {
 
 /// All steps in order, for one token against one key set. The parsed token
 /// is returned beside the identity so callers can read further claims.
+/// `on_signature_check` runs just before the signature is checked (metrics
+/// count verifications that cost a signature check).
 pub fn verify<'t>(
     token: &'t str,
     keys: &KeySet,
     rules: &ClaimRules,
     now: u64,
+    on_signature_check: impl FnOnce(),
 ) -> Result<(ParsedToken<'t>, Identity), Rejection> {
     let parsed = parse(token)?;
     let verifier = select_key(&parsed, keys)?;
+    on_signature_check();
     check_signature(&parsed, verifier)?;
     let identity = check_claims(&parsed, rules, now)?;
     Ok((parsed, identity))

@@ -5,6 +5,8 @@
 //! [policy.apply …] → forward → response`; any error becomes a response in
 //! `error.rs`. See `STYLE.md` in the shared folder for the layout.
 
+pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod demo;
@@ -13,6 +15,7 @@ pub mod forward;
 pub mod gateway;
 pub mod jws;
 pub mod keys;
+pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod router;

@@ -8,7 +8,6 @@
 //! the watcher seeing its own reads).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,31 +46,12 @@ pub enum Outcome {
     Failed(ConfigError),
 }
 
-/// Reload counts, kept outside any snapshot (they are process history).
-#[derive(Debug)]
-pub struct ReloadCounters {
-    success: AtomicU64,
-    failure: AtomicU64,
-    /// Unix seconds of the last successful load (the first load included).
-    last_success: AtomicU64,
-}
-
-impl Default for ReloadCounters {
-    fn default() -> Self {
-        ReloadCounters {
-            success: AtomicU64::new(0),
-            failure: AtomicU64::new(0),
-            last_success: AtomicU64::new(unix_now()),
-        }
-    }
-}
-
 /// A copy of the reload counts at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReloadStats {
     pub success: u64,
     pub failure: u64,
-    pub last_success_unix_secs: u64,
+    pub last_success_unix_secs: f64,
 }
 
 /// What one pass over the config and the files it names found: a hash of
@@ -189,16 +169,15 @@ impl Runtime {
             Ok(snapshot) => {
                 self.warn_about_restart_only_changes(&snapshot);
                 let file = snapshot.source.clone();
+                self.metrics.add_routes(&snapshot.routes);
                 self.snapshot.store(Arc::new(snapshot));
-                self.reloads.success.fetch_add(1, Ordering::Relaxed);
-                self.reloads
-                    .last_success
-                    .store(unix_now(), Ordering::Relaxed);
+                self.metrics.reload_successes.inc();
+                self.metrics.last_reload_success.set(unix_now_secs());
                 tracing::info!(trigger = trigger.as_str(), "config reloaded from {file}");
                 Outcome::Applied
             }
             Err(error) => {
-                self.reloads.failure.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload_failures.inc();
                 tracing::error!(
                     trigger = trigger.as_str(),
                     "config reload failed, still serving the previous config: {error}"
@@ -212,9 +191,9 @@ impl Runtime {
     /// The reload counts so far.
     pub fn reload_stats(&self) -> ReloadStats {
         ReloadStats {
-            success: self.reloads.success.load(Ordering::Relaxed),
-            failure: self.reloads.failure.load(Ordering::Relaxed),
-            last_success_unix_secs: self.reloads.last_success.load(Ordering::Relaxed),
+            success: self.metrics.reload_successes.get(),
+            failure: self.metrics.reload_failures.get(),
+            last_success_unix_secs: self.metrics.last_reload_success.get(),
         }
     }
 
@@ -235,10 +214,11 @@ impl Runtime {
     }
 }
 
-fn unix_now() -> u64 {
+/// Now, as fractional Unix seconds (the Prometheus timestamp convention).
+pub(crate) fn unix_now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{ConfigError, ConfigSource};
+use crate::config::ConfigSource;
 use crate::forward::{self, UpstreamClient};
 use crate::keys::{local, Algorithm, LocalKey};
-use crate::reload::{self, ReloadCounters, SourceScan};
+use crate::metrics::Metrics;
+use crate::reload::{self, SourceScan};
 use crate::snapshot::Snapshot;
 
 /// `generate: true` keys, made once per process and reused by every snapshot
@@ -51,17 +53,23 @@ pub struct Runtime {
     /// build at once); holds what the last attempt read, so a file event
     /// that changed no content is a no-op.
     pub(crate) last_scan: Mutex<SourceScan>,
-    pub(crate) reloads: ReloadCounters,
+    /// Every metric; reload counts included.
+    pub metrics: Metrics,
+    /// Set when shutdown starts: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
 }
 
 impl Runtime {
     /// Builds the first snapshot; fails with the config error.
-    pub fn load(source: ConfigSource) -> Result<Arc<Runtime>, ConfigError> {
+    pub fn load(source: ConfigSource) -> Result<Arc<Runtime>, String> {
         // Scanned before building: if a file changes in between, the next
         // event sees a different hash and reloads, so nothing is missed.
         let scan = reload::scan(source.path.as_deref());
         let generated = GeneratedKeys::default();
-        let snapshot = Snapshot::build(&source, &generated)?;
+        let snapshot = Snapshot::build(&source, &generated).map_err(|e| e.to_string())?;
+        let metrics = Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?;
+        metrics.add_routes(&snapshot.routes);
+        metrics.last_reload_success.set(reload::unix_now_secs());
         Ok(Arc::new(Runtime {
             started_listen: snapshot.listen,
             started_admin: snapshot.admin,
@@ -70,7 +78,8 @@ impl Runtime {
             generated,
             client: forward::client(),
             last_scan: Mutex::new(scan),
-            reloads: ReloadCounters::default(),
+            metrics,
+            draining: AtomicBool::new(false),
         }))
     }
 
@@ -78,6 +87,17 @@ impl Runtime {
     /// end, so a swap never changes the rules under a request in flight.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// From now on `/readyz` answers 503 (shutdown has started).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the gateway should get new traffic: a config and its keys are
+    /// loaded (a `Runtime` always has them) and it is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst)
     }
 
     /// The config file being served, `None` for the embedded demo.

@@ -1,5 +1,7 @@
-//! The public listener: accept, serve HTTP/1.1 connections with the
-//! configured limits, drain on shutdown.
+//! The listeners: accept, serve HTTP/1.1 connections with the configured
+//! limits, and shut down in order — stop accepting on the public listener,
+//! mark not ready, drain requests in flight up to `limits.drain_timeout`,
+//! then stop the admin listener.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,50 +15,58 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::gateway::{self, Connection};
 use crate::runtime::Runtime;
 use crate::watch::ConfigWatcher;
 
-/// How long connections may take to finish once shutdown starts.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
-
-/// Binds `addr`; the error names the address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+/// Binds `addr`; the error names the address and which listener it is for.
+pub async fn bind(addr: SocketAddr, listener: &str) -> Result<TcpListener, String> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        .map_err(|e| format!("cannot listen on {addr} ({listener}): {e}"))
 }
 
-/// Serves the public listener until `shutdown` turns `true`, then stops
-/// accepting and lets open connections finish (up to `drain`).
-pub async fn serve_public(
-    listener: TcpListener,
-    runtime: Arc<Runtime>,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
+/// Accepts connections and hands each to `serve` until `shutdown` turns
+/// `true`; then drops nothing itself (the caller owns the listener).
+pub(crate) async fn accept_until(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
-    let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        match accepted {
+            Ok((stream, peer)) => serve(stream, peer),
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// Serves the public listener until `shutdown` turns `true`, then closes it
+/// (new connections are refused) and lets open connections finish, up to
+/// the `limits.drain_timeout` of the config current at that moment.
+pub async fn serve_public(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
         let limits = runtime.snapshot().limits.clone();
+        let runtime = runtime.clone();
         let connection = Connection {
             peer,
             proto: "http",
@@ -85,11 +95,16 @@ pub async fn serve_public(
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
-    }
+    })
+    .await;
     drop(listener);
+    let drain = runtime.snapshot().limits.drain_timeout.0;
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(
+            "drain timeout ({}s) reached; closing the remaining connections",
+            drain.as_secs_f64()
+        ),
     }
 }
 
@@ -97,37 +112,64 @@ pub async fn serve_public(
 pub struct RunningGateway {
     /// The bound public address (useful with `listen: 127.0.0.1:0`).
     pub addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
     pub runtime: Arc<Runtime>,
     /// Reloads on config file changes; `None` for the embedded demo.
     _watcher: Option<ConfigWatcher>,
-    shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    stop_public: watch::Sender<bool>,
+    public: JoinHandle<()>,
+    stop_admin: watch::Sender<bool>,
+    admin: JoinHandle<()>,
 }
 
 impl RunningGateway {
-    /// Loads the config, binds `listen`, starts serving and starts watching
-    /// the config files.
+    /// Loads the config, binds `listen` and `admin`, starts serving both
+    /// and starts watching the config files.
     pub async fn start(source: crate::config::ConfigSource) -> Result<RunningGateway, String> {
-        let runtime = Runtime::load(source).map_err(|e| e.to_string())?;
-        let listener = bind(runtime.snapshot().listen).await?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        tracing::info!("listening on {addr}");
-        let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(serve_public(listener, runtime.clone(), stop, DEFAULT_DRAIN));
+        let runtime = Runtime::load(source)?;
+        let snapshot = runtime.snapshot();
+        let public_listener = bind(snapshot.listen, "listen").await?;
+        let admin_listener = bind(snapshot.admin, "admin").await?;
+        let addr = local_addr(&public_listener)?;
+        let admin_addr = local_addr(&admin_listener)?;
+        tracing::info!(listener = "public", "listening on {addr}");
+        tracing::info!(listener = "admin", "listening on {admin_addr}");
+
+        let (stop_public, stop) = watch::channel(false);
+        let public = tokio::spawn(serve_public(public_listener, runtime.clone(), stop));
+        let (stop_admin, stop) = watch::channel(false);
+        let admin = tokio::spawn(crate::admin::serve_admin(
+            admin_listener,
+            runtime.clone(),
+            stop,
+        ));
         Ok(RunningGateway {
             addr,
+            admin_addr,
             _watcher: crate::watch::spawn(runtime.clone()),
             runtime,
-            shutdown,
-            task,
+            stop_public,
+            public,
+            stop_admin,
+            admin,
         })
     }
 
-    /// Stops accepting and waits for the drain.
+    /// Graceful shutdown: `/readyz` turns 503, the public listener closes,
+    /// requests in flight finish (up to `limits.drain_timeout`), then the
+    /// admin listener closes.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        self.runtime.start_draining();
+        let _ = self.stop_public.send(true);
+        let _ = self.public.await;
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin.await;
     }
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, String> {
+    listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))
 }

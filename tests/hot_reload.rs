@@ -102,7 +102,7 @@ async fn served_kids(gateway: &Gateway) -> Vec<String> {
 /// A config with the `gw` key (verify-only) and the given routes.
 fn gw_config(routes: &str) -> String {
     format!(
-        "listen: 127.0.0.1:0\n\
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
          keys:\n  - {{kid: gw, alg: RS256, public_key: keys/gw.pub.pem}}\n\
          routes:\n{routes}"
     )
@@ -301,7 +301,7 @@ async fn a_kubernetes_data_symlink_swap_of_config_and_key_is_picked_up() {
     let mount = tempfile::tempdir().unwrap();
     let config_for = |kid: &str, alg: &str, routes: &str| {
         format!(
-            "listen: 127.0.0.1:0\n\
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
              keys:\n  - {{kid: {kid}, alg: {alg}, public_key: verify.pub.pem}}\n\
              routes:\n{routes}"
         )
@@ -446,7 +446,7 @@ async fn issued_token(gateway: &Gateway) -> String {
 
 fn rotation_config(keys: &str, signing_key: &str, upstream: &str) -> String {
     format!(
-        "listen: 127.0.0.1:0\n\
+        "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
          keys:\n{keys}\
          token_endpoint:\n  path: /oauth2/token\n  issuer: http://gw.test\n  \
          signing_key: {signing_key}\n  audience: orders\n  any_client: true\n  \

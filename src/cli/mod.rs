@@ -2,6 +2,7 @@
 
 mod check;
 mod hash_secret;
+mod healthcheck;
 mod keygen;
 mod run;
 mod token;
@@ -38,6 +39,8 @@ enum Command {
     HashSecret(hash_secret::HashSecretArgs),
     /// Mint a token with the config's signing key.
     Token(token::TokenArgs),
+    /// Exit 0 when the admin listener's /readyz answers 200, else 1.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
@@ -101,5 +104,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Some(Command::Keygen(args)) => keygen::keygen(args),
         Some(Command::HashSecret(args)) => hash_secret::hash_secret(args),
         Some(Command::Token(args)) => token::token(args),
+        Some(Command::Healthcheck(args)) => healthcheck::healthcheck(args),
     }
 }

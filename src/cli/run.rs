@@ -1,4 +1,5 @@
-//! `jwtgate run`: serve until SIGTERM or Ctrl-C; reload on SIGHUP.
+//! `jwtgate run`: serve until SIGTERM or Ctrl-C, then drain (a second
+//! signal exits at once, with status 1); reload on SIGHUP.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,9 +31,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             print_demo_commands(gateway.addr);
         }
         wait_for_shutdown_signal().await;
-        tracing::info!("shutting down: no longer accepting connections");
-        gateway.shutdown().await;
-        Ok(ExitCode::SUCCESS)
+        tracing::info!("shutting down: no longer accepting connections, draining");
+        tokio::select! {
+            () = gateway.shutdown() => Ok(ExitCode::SUCCESS),
+            () = wait_for_shutdown_signal() => {
+                tracing::warn!("second signal: exiting without waiting for requests in flight");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 

@@ -113,8 +113,10 @@ impl JwtPolicy {
         verdict: &mut Verdict,
     ) -> Result<(), GatewayError> {
         let token = bearer_token(input)?;
-        let (parsed, identity) = jws::verify(token, input.keys, &self.rules, input.now)
-            .map_err(GatewayError::InvalidToken)?;
+        let (parsed, identity) = jws::verify(token, input.keys, &self.rules, input.now, || {
+            input.metrics.signature_checked()
+        })
+        .map_err(GatewayError::InvalidToken)?;
         if !self
             .required_scopes
             .iter()
@@ -225,10 +227,12 @@ mod tests {
             map.append(AUTHORIZATION, HeaderValue::from_str(h).unwrap());
         }
         let keys = KeySet::default();
+        let metrics = crate::metrics::Metrics::new().unwrap();
         let input = PolicyInput {
             headers: &map,
             keys: &keys,
             now: 0,
+            metrics: &metrics,
         };
         bearer_token(&input).map(str::to_owned)
     }

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
 use crate::keys::KeySet;
+use crate::metrics::Metrics;
 
 /// One built step of a route's chain.
 #[derive(Debug)]
@@ -16,12 +17,13 @@ pub enum Policy {
 }
 
 /// What a policy reads: the request as received (identity headers already
-/// stripped), the snapshot's keys and the time.
+/// stripped), the snapshot's keys and the time; and where it counts.
 pub struct PolicyInput<'a> {
     pub headers: &'a HeaderMap,
     pub keys: &'a KeySet,
     /// Seconds since the Unix epoch.
     pub now: u64,
+    pub metrics: &'a Metrics,
 }
 
 /// What the chain decided, applied by the forwarder after hop-by-hop removal.

@@ -253,10 +253,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Tests run in parallel: a config that does not place the admin
+    /// listener gets it on port 0 instead of the fixed default 9901.
     pub async fn start(yaml: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         write_keys(dir.path());
         let path = dir.path().join("gateway.yaml");
+        let yaml = if yaml.lines().any(|l| l.starts_with("admin:")) {
+            yaml.to_owned()
+        } else {
+            format!("admin: 127.0.0.1:0\n{yaml}")
+        };
         std::fs::write(&path, yaml).unwrap();
         let source = ConfigSource::read(&path).unwrap();
         let running = RunningGateway::start(source).await.unwrap();
@@ -269,6 +276,10 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.running.addr
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.admin_addr, path)
     }
 
     pub fn config_path(&self) -> PathBuf {
