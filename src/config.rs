@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub token_endpoint: Option<TokenEndpointConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` names the client address the
+    /// token endpoint's throttle uses; nobody's by default.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl FileConfig {
@@ -121,6 +125,28 @@ pub struct TokenEndpointConfig {
     pub default_scopes: Vec<String>,
     #[serde(default)]
     pub clients: Option<Vec<ClientConfig>>,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+}
+
+/// `token_endpoint.throttle`: failed client authentications allowed per
+/// window, per (client id, source address) and per source address.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    pub per_client: u32,
+    pub per_address: u32,
+    pub window: ConfigDuration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            per_client: 10,
+            per_address: 30,
+            window: ConfigDuration(Duration::from_secs(60)),
+        }
+    }
 }
 
 fn default_ttl() -> ConfigDuration {

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 
 use crate::access_log::{self, AccessRecord};
 use crate::body::{full, Body, LimitedBody};
+use crate::client_addr::client_addr;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientInfo, Upstream};
 use crate::metrics::{TokenResult, UpstreamErrorKind};
@@ -21,6 +22,7 @@ use crate::router;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 use crate::token::discovery::{JWKS_PATH, METADATA_PATH};
+use crate::token::endpoint::Caller;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -146,7 +148,15 @@ async fn route_and_forward<'s>(
     if let Some(endpoint) = &snapshot.token_endpoint {
         if path == endpoint.path {
             exchange.route = TOKEN_ROUTE;
-            return endpoint.handle(request, now).await;
+            let caller = Caller {
+                addr: client_addr(
+                    connection.peer.ip(),
+                    request.headers(),
+                    &snapshot.trusted_proxies,
+                ),
+                throttle: &runtime.throttle,
+            };
+            return endpoint.handle(request, now, &caller).await;
         }
     }
     if path == JWKS_PATH {

@@ -16,6 +16,7 @@ use crate::keys::{local, Algorithm, LocalKey};
 use crate::metrics::Metrics;
 use crate::reload::{self, SourceScan};
 use crate::snapshot::Snapshot;
+use crate::token::throttle::Throttle;
 
 /// `generate: true` keys, made once per process and reused by every snapshot
 /// that names the same kid and algorithm (so a reload never invalidates the
@@ -55,6 +56,8 @@ pub struct Runtime {
     pub(crate) last_scan: Mutex<SourceScan>,
     /// Every metric; reload counts included.
     pub metrics: Metrics,
+    /// Failed token-endpoint authentications, kept across reloads.
+    pub throttle: Throttle,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
@@ -79,6 +82,7 @@ impl Runtime {
             client: forward::client(),
             last_scan: Mutex::new(scan),
             metrics,
+            throttle: Throttle::default(),
             draining: AtomicBool::new(false),
         }))
     }

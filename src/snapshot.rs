@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderName, Method};
 
+use crate::client_addr::Cidr;
 use crate::config::{
     ConfigError, ConfigSource, FileConfig, KeyConfig, Limits, PolicyConfig, RouteConfig,
 };
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub jwks_document: Bytes,
     /// `None` without a token endpoint issuer (then 404).
     pub metadata_document: Option<Bytes>,
+    /// Peers whose `X-Forwarded-For` the token endpoint's throttle believes.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Snapshot {
@@ -110,6 +113,12 @@ impl Snapshot {
             }
         }
 
+        let mut trusted_proxies = Vec::with_capacity(config.trusted_proxies.len());
+        for (i, text) in config.trusted_proxies.iter().enumerate() {
+            trusted_proxies
+                .push(Cidr::parse(text).map_err(|m| error(format!("trusted_proxies[{i}]"), m))?);
+        }
+
         let metadata_document = token_endpoint.as_ref().and_then(|e| {
             e.issuer
                 .as_deref()
@@ -126,6 +135,7 @@ impl Snapshot {
             routes,
             injected_headers,
             metadata_document,
+            trusted_proxies,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The OAuth2 token endpoint: client credentials grant (RFC 6749 §4.4) with
 //! `client_secret_basic` and `client_secret_post` authentication.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -11,6 +13,7 @@ use serde::Serialize;
 
 use super::client_auth::{is_valid_client_id, is_valid_scope, ClientRegistry};
 use super::mint::{self, AccessClaims};
+use super::throttle::{Throttle, ThrottleRules};
 use crate::body::{collect_limited, full, Body, CollectError};
 use crate::config::TokenEndpointConfig;
 use crate::error::{GatewayError, OAuthErrorCode};
@@ -32,6 +35,14 @@ pub struct TokenEndpoint {
     pub any_client: bool,
     pub default_scopes: Vec<String>,
     pub clients: Arc<ClientRegistry>,
+    pub throttle: ThrottleRules,
+}
+
+/// Who is asking, for the throttle of failed authentications.
+pub struct Caller<'a> {
+    /// The client address (see [`crate::client_addr`]).
+    pub addr: IpAddr,
+    pub throttle: &'a Throttle,
 }
 
 impl TokenEndpoint {
@@ -87,6 +98,8 @@ impl TokenEndpoint {
             }
         };
         let clients = ClientRegistry::build(clients)?;
+        let throttle = ThrottleRules::build(&config.throttle)
+            .map_err(|(f, m)| (format!("throttle.{f}"), m))?;
         Ok(TokenEndpoint {
             path: config.path.clone(),
             issuer: config.issuer.clone(),
@@ -97,6 +110,7 @@ impl TokenEndpoint {
             any_client: config.any_client,
             default_scopes: config.default_scopes.clone(),
             clients: Arc::new(clients),
+            throttle,
         })
     }
 
@@ -106,6 +120,7 @@ impl TokenEndpoint {
         &self,
         request: Request<Body>,
         now: u64,
+        caller: &Caller<'_>,
     ) -> Result<Response<Body>, GatewayError> {
         if request.method() != Method::POST {
             return Err(GatewayError::TokenMethodNotAllowed);
@@ -143,12 +158,29 @@ impl TokenEndpoint {
                 })
             }
         }
-        let (id, secret) = client_credentials(&parts.headers, &form)?;
+        let (id, secret) = match client_credentials(&parts.headers, &form) {
+            Ok(credentials) => credentials,
+            Err(CredentialProblem::Refused(error)) => return Err(error),
+            Err(CredentialProblem::BadGuess) => {
+                // Garbage credentials are a failed guess too, but name no
+                // client: only the address counts.
+                self.check_throttle("", caller)?;
+                if !self.any_client {
+                    caller
+                        .throttle
+                        .failed(&self.throttle, None, caller.addr, Instant::now());
+                }
+                return Err(invalid_client("client authentication failed"));
+            }
+        };
 
         let (subject, audience, allowed) = if self.any_client {
             // Demo mode: any id and secret; the id becomes the subject.
             (id, self.audience.clone(), self.default_scopes.clone())
         } else {
+            // Before any hashing: a throttled caller costs nothing.
+            self.check_throttle(&id, caller)?;
+            let presented_id = id.clone();
             let registry = self.clients.clone();
             let authenticate = move || {
                 registry
@@ -163,8 +195,16 @@ impl TokenEndpoint {
             } else {
                 authenticate()
             };
-            let (id, audience, scopes) =
-                client.ok_or(invalid_client("client authentication failed"))?;
+            let Some((id, audience, scopes)) = client else {
+                caller.throttle.failed(
+                    &self.throttle,
+                    Some(&presented_id),
+                    caller.addr,
+                    Instant::now(),
+                );
+                return Err(invalid_client("client authentication failed"));
+            };
+            caller.throttle.succeeded(&id, caller.addr);
             (
                 id,
                 audience.unwrap_or_else(|| self.audience.clone()),
@@ -191,6 +231,21 @@ impl TokenEndpoint {
             expires_in: self.ttl_secs,
             scope: &claims.scopes,
         }))
+    }
+}
+
+impl TokenEndpoint {
+    /// `429 slow_down` when `client_id` from the caller's address has failed
+    /// too often (an empty id checks the address alone). The demo's
+    /// `any_client` authenticates nobody, so nothing is throttled there.
+    fn check_throttle(&self, client_id: &str, caller: &Caller<'_>) -> Result<(), GatewayError> {
+        if self.any_client {
+            return Ok(());
+        }
+        caller
+            .throttle
+            .check(&self.throttle, client_id, caller.addr, Instant::now())
+            .map_err(|retry_after_secs| GatewayError::Throttled { retry_after_secs })
     }
 }
 
@@ -264,33 +319,48 @@ impl Form {
 /// Client id and secret from HTTP Basic (RFC 6749 §2.3.1, both parts
 /// form-url-decoded) or from the body. A body secret beside Basic is refused;
 /// a body `client_id` equal to the Basic one is tolerated.
-fn client_credentials(headers: &HeaderMap, form: &Form) -> Result<(String, String), GatewayError> {
+/// Why no (id, secret) pair came out of a request.
+enum CredentialProblem {
+    /// A malformed request, or no credentials at all: answered as is.
+    Refused(GatewayError),
+    /// Credentials that cannot be right (malformed Basic, an id or secret
+    /// too long or not printable): a failed authentication, refused before
+    /// any hashing.
+    BadGuess,
+}
+
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<(String, String), CredentialProblem> {
+    use CredentialProblem::{BadGuess, Refused};
     let mut authorizations = headers.get_all(AUTHORIZATION).iter();
     let authorization = authorizations.next();
     if authorizations.next().is_some() {
-        return Err(invalid_request("several Authorization headers"));
+        return Err(Refused(invalid_request("several Authorization headers")));
     }
     let (id, secret) = match authorization {
         Some(value) => {
-            let (id, secret) =
-                basic_credentials(value).ok_or(invalid_client("malformed Basic credentials"))?;
+            let (id, secret) = basic_credentials(value).ok_or(BadGuess)?;
             if form.get("client_secret").is_some() {
-                return Err(invalid_request("use one client authentication method"));
+                return Err(Refused(invalid_request(
+                    "use one client authentication method",
+                )));
             }
             if form.get("client_id").is_some_and(|body_id| body_id != id) {
-                return Err(invalid_request(
+                return Err(Refused(invalid_request(
                     "client_id does not match the Basic credentials",
-                ));
+                )));
             }
             (id, secret)
         }
         None => match (form.get("client_id"), form.get("client_secret")) {
             (Some(id), Some(secret)) => (id.to_owned(), secret.to_owned()),
-            _ => return Err(invalid_client("client authentication is required")),
+            _ => return Err(Refused(invalid_client("client authentication is required"))),
         },
     };
     if !is_valid_client_id(&id) || secret.len() > 1024 {
-        return Err(invalid_client("client authentication failed"));
+        return Err(BadGuess);
     }
     Ok((id, secret))
 }

@@ -5,3 +5,4 @@ pub mod client_auth;
 pub mod discovery;
 pub mod endpoint;
 pub mod mint;
+pub mod throttle;
