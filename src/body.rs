@@ -47,11 +47,32 @@ pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, Coll
 
 /// Wraps a request body and fails it once more than `limit` bytes have
 /// passed, so a chunked body cannot grow past `max_body_bytes` on its way to
-/// the upstream. `exceeded` tells the caller why the upstream request failed.
+/// the upstream. Its [`BodyState`] tells the caller why an upstream request
+/// failed: the body was too large, or the client's body itself broke
+/// (malformed chunks, a client gone) — neither is the upstream's fault.
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    state: Arc<BodyState>,
+}
+
+/// What happened to a [`LimitedBody`] while it streamed.
+#[derive(Debug, Default)]
+pub struct BodyState {
+    exceeded: AtomicBool,
+    client_failed: AtomicBool,
+}
+
+impl BodyState {
+    /// More than the limit arrived.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::SeqCst)
+    }
+
+    /// Reading the client's body failed (bad chunked framing, a reset).
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::SeqCst)
+    }
 }
 
 /// The error a [`LimitedBody`] yields past its limit.
@@ -67,15 +88,15 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64) -> (Self, Arc<AtomicBool>) {
-        let exceeded = Arc::new(AtomicBool::new(false));
+    pub fn new(inner: B, limit: u64) -> (Self, Arc<BodyState>) {
+        let state = Arc::new(BodyState::default());
         (
             LimitedBody {
                 inner,
                 remaining: limit,
-                exceeded: exceeded.clone(),
+                state: state.clone(),
             },
-            exceeded,
+            state,
         )
     }
 }
@@ -97,14 +118,17 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::SeqCst);
+                        this.state.exceeded.store(true, Ordering::SeqCst);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                this.state.client_failed.store(true, Ordering::SeqCst);
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -130,19 +154,24 @@ mod tests {
             Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"12345"))),
             Ok(Frame::data(Bytes::from_static(b"678"))),
         ];
-        let (body, exceeded) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
+        let (body, state) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
         assert!(body.collect().await.is_err());
-        assert!(exceeded.load(Ordering::SeqCst));
+        assert!(state.exceeded() && !state.client_failed());
 
         let chunks = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(
             b"1234567",
         )))];
-        let (body, exceeded) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
+        let (body, state) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
         assert_eq!(
             body.collect().await.unwrap().to_bytes(),
             Bytes::from_static(b"1234567")
         );
-        assert!(!exceeded.load(Ordering::SeqCst));
+        assert!(!state.exceeded() && !state.client_failed());
+
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![Err("bad chunk size".into())];
+        let (body, state) = LimitedBody::new(StreamBody::new(futures_stream(chunks)), 7);
+        assert!(body.collect().await.is_err());
+        assert!(state.client_failed() && !state.exceeded());
     }
 
     fn futures_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> + Unpin {

@@ -2,8 +2,6 @@
 //! it over the pooled client with the body streamed both ways.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue, CONNECTION, HOST};
@@ -14,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::Body;
+use crate::body::{Body, BodyState};
 use crate::error::GatewayError;
 use crate::policy::Verdict;
 
@@ -212,19 +210,23 @@ fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
 }
 
 /// Sends the request; `upstream_timeout` covers connecting and waiting for
-/// the response head, not the streaming of the body. `body_exceeded` is the
-/// flag of the request's [`crate::body::LimitedBody`].
+/// the response head, not the streaming of the body. `body_state` is the
+/// request's [`crate::body::LimitedBody`]'s: a failure caused by the
+/// client's body is the client's (413 or 400), not the upstream's.
 pub async fn send(
     client: &UpstreamClient,
     request: Request<Body>,
     timeout: Duration,
-    body_exceeded: &Arc<AtomicBool>,
+    body_state: &BodyState,
 ) -> Result<Response<Body>, GatewayError> {
     let result = tokio::time::timeout(timeout, client.request(request)).await;
     let response = match result {
         Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(_)) if body_exceeded.load(Ordering::SeqCst) => {
-            return Err(GatewayError::BodyTooLarge)
+        Ok(Err(_)) if body_state.exceeded() => return Err(GatewayError::BodyTooLarge),
+        Ok(Err(_)) if body_state.client_failed() => {
+            return Err(GatewayError::BadRequest(
+                "the request body could not be read",
+            ))
         }
         Ok(Err(error)) => return Err(classify(&error)),
         Ok(Ok(response)) => response,

@@ -3,7 +3,6 @@
 //! chain, forward. Any `Err` becomes a response in `error.rs`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,7 @@ use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body_util::BodyExt;
 
 use crate::access_log::{self, AccessRecord};
-use crate::body::{full, Body, LimitedBody};
+use crate::body::{full, Body, BodyState, LimitedBody};
 use crate::client_addr::client_addr;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientInfo, Upstream};
@@ -53,13 +52,12 @@ struct Exchange<'s> {
 /// Records the request's metrics and attaches its access log line.
 pub async fn handle(
     runtime: &Runtime,
-    mut request: Request<Body>,
+    request: Request<Body>,
     connection: Connection,
 ) -> Response<Body> {
     let started = Instant::now();
     let snapshot = runtime.snapshot();
     let request_id = request_id(request.headers());
-    request.headers_mut().insert(REQUEST_ID, request_id.clone());
     let method = request.method().clone();
     let logged_path = access_log::enabled().then(|| request.uri().path().to_owned());
 
@@ -68,7 +66,15 @@ pub async fn handle(
         subject: None,
         upstream: None,
     };
-    let result = route_and_forward(runtime, &snapshot, request, connection, &mut exchange).await;
+    let result = route_and_forward(
+        runtime,
+        &snapshot,
+        request,
+        connection,
+        &request_id,
+        &mut exchange,
+    )
+    .await;
     let metrics = &runtime.metrics;
     let mut reason = None;
     let mut response = match result {
@@ -128,16 +134,15 @@ async fn route_and_forward<'s>(
     snapshot: &'s Snapshot,
     mut request: Request<Body>,
     connection: Connection,
+    request_id: &HeaderValue,
     exchange: &mut Exchange<'s>,
 ) -> Result<Response<Body>, GatewayError> {
+    // The limits count what the client sent, before the gateway adds its
+    // own `X-Request-Id`.
     check_head_limits(&request, snapshot)?;
+    request.headers_mut().insert(REQUEST_ID, request_id.clone());
     router::check_normal_form(request.uri().path()).map_err(GatewayError::BadRequest)?;
-    let host_header = single_host(request.headers())?.cloned();
-    // RFC 9112 §3.2.2: an absolute-form target's authority replaces `Host`.
-    let client_host = match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => host_header,
-    };
+    let client_host = client_host(&request)?;
     let host = client_host
         .as_ref()
         .and_then(|h| h.to_str().ok())
@@ -197,7 +202,7 @@ async fn route_and_forward<'s>(
     } else {
         &path
     };
-    let (request, exceeded) = limit_body(request, limit);
+    let (request, body_state) = limit_body(request, limit);
     let target = match &route.upstream {
         Upstream::Http(target) => Some(target),
         Upstream::Demo { .. } => None,
@@ -211,7 +216,7 @@ async fn route_and_forward<'s>(
                 &runtime.client,
                 upstream_request,
                 snapshot.limits.upstream_timeout.0,
-                &exceeded,
+                &body_state,
             )
             .await;
             exchange.upstream = Some(sent.elapsed());
@@ -273,14 +278,40 @@ fn check_head_limits(request: &Request<Body>, snapshot: &Snapshot) -> Result<(),
     Ok(())
 }
 
-/// At most one `Host` header.
-fn single_host(headers: &HeaderMap) -> Result<Option<&HeaderValue>, GatewayError> {
-    let mut hosts = headers.get_all(HOST).iter();
-    let first = hosts.next();
+/// The client's host (RFC 9112 §3.2): an absolute-form target's authority,
+/// else the one `Host` header. Refused with 400: several `Host` headers, a
+/// `Host` that is not a valid authority or carries userinfo, and an HTTP/1.1
+/// request with no host at all. An empty `Host` means none.
+fn client_host(request: &Request<Body>) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let header = hosts.next();
     if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("several Host headers"));
     }
-    Ok(first)
+    let header = header.filter(|h| !h.is_empty());
+    if let Some(value) = header {
+        let valid = http::uri::Authority::try_from(value.as_bytes())
+            .is_ok_and(|authority| !authority.as_str().contains('@'));
+        if !valid {
+            return Err(GatewayError::BadRequest(
+                "the Host header is not a valid host",
+            ));
+        }
+    }
+    if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(GatewayError::BadRequest(
+                "the request target carries userinfo",
+            ));
+        }
+        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+    }
+    if header.is_none() && request.version() == http::Version::HTTP_11 {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    Ok(header.cloned())
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -306,10 +337,10 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, injected: &[HeaderName]) 
     }
 }
 
-fn limit_body(request: Request<Body>, limit: u64) -> (Request<Body>, Arc<AtomicBool>) {
+fn limit_body(request: Request<Body>, limit: u64) -> (Request<Body>, Arc<BodyState>) {
     let (parts, body) = request.into_parts();
-    let (limited, exceeded) = LimitedBody::new(body, limit);
-    (Request::from_parts(parts, limited.boxed()), exceeded)
+    let (limited, state) = LimitedBody::new(body, limit);
+    (Request::from_parts(parts, limited.boxed()), state)
 }
 
 fn well_known(

@@ -357,8 +357,11 @@ pub fn check_claims(
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
+        // Integers are compared exactly: as an f64, 2^53 + 1 rounds to 2^53
+        // and would pass.
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(whole), _, _) if whole <= MAX_NUMERIC_DATE as u64 => Ok(Some(whole as f64)),
+            (None, None, Some(v)) if (0.0..=MAX_NUMERIC_DATE).contains(&v) => Ok(Some(v)),
             _ => reject(
                 AuthFailure::InvalidClaims,
                 "token time claim is out of range",
