@@ -198,6 +198,21 @@ async fn an_unknown_client_and_a_wrong_secret_get_the_same_answer() {
     assert_eq!(post_wrong.body, post_unknown.body);
 }
 
+/// A `client_secret_post` body whose id is longer than any valid one (256).
+static OVERSIZE_ID_BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "grant_type=client_credentials&client_id={}&client_secret=x",
+        "a".repeat(300)
+    )
+});
+/// … and one whose secret is longer than any accepted (1024 bytes).
+static OVERSIZE_SECRET_BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "grant_type=client_credentials&client_id=svc&client_secret={}",
+        "s".repeat(2000)
+    )
+});
+
 #[tokio::test]
 async fn malformed_token_requests_get_rfc_6749_errors() {
     let gw = setup().await;
@@ -276,6 +291,62 @@ async fn malformed_token_requests_get_rfc_6749_errors() {
             "malformed basic",
             vec![FORM, ("authorization", "Basic !!!")],
             "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "basic without a colon",
+            vec![FORM, ("authorization", "Basic c3Zj")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "basic that is not UTF-8",
+            vec![FORM, ("authorization", "Basic //46//4=")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "basic scheme alone",
+            vec![FORM, ("authorization", "Basic")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "bearer instead of basic",
+            vec![FORM, ("authorization", "Bearer abc")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "basic with a bad percent-escape",
+            vec![FORM, ("authorization", "Basic c3ZjJXp6OnN2Yy1zZWNyZXQ=")],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+        (
+            "oversize client id",
+            vec![FORM],
+            OVERSIZE_ID_BODY.as_str(),
+            401,
+            "invalid_client",
+        ),
+        (
+            "oversize secret",
+            vec![FORM],
+            OVERSIZE_SECRET_BODY.as_str(),
+            401,
+            "invalid_client",
+        ),
+        (
+            "client id with a line feed",
+            vec![FORM],
+            "grant_type=client_credentials&client_id=svc%0A&client_secret=svc-secret",
             401,
             "invalid_client",
         ),
