@@ -374,8 +374,21 @@ impl ConfigSource {
     }
 
     /// Parse the YAML; syntax and shape errors keep serde_yaml's field path
-    /// and line.
+    /// and line. An empty document (nothing but whitespace and comments) is
+    /// refused: every key has a default, so it would otherwise be a valid
+    /// gateway with no keys and no routes — and a file caught half-way
+    /// through a truncate-and-write during hot reload looks exactly like it.
     pub fn parse(&self) -> Result<FileConfig, ConfigError> {
+        if matches!(
+            serde_yaml::from_str::<serde_yaml::Value>(&self.text),
+            Ok(serde_yaml::Value::Null)
+        ) {
+            return Err(ConfigError {
+                file: self.display_name(),
+                field: String::new(),
+                message: "the config is empty".to_owned(),
+            });
+        }
         serde_yaml::from_str(&self.text).map_err(|e| ConfigError {
             file: self.display_name(),
             field: String::new(),
@@ -426,6 +439,21 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!(ConfigDuration::parse("s").is_err());
+    }
+
+    #[test]
+    fn an_empty_config_is_an_error() {
+        for text in ["", "  \n", "# only a comment\n", "---\n"] {
+            let source = ConfigSource {
+                path: Some(PathBuf::from("gw.yaml")),
+                text: text.to_owned(),
+            };
+            assert_eq!(
+                source.parse().unwrap_err().to_string(),
+                "gw.yaml: the config is empty",
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

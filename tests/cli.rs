@@ -757,6 +757,22 @@ fn check_names_the_file_and_field_of_each_broken_config() {
     }
 }
 
+/// Every key has a default, so an empty file would otherwise be a gateway
+/// with nothing in it (and a truncated file, caught mid-write by hot reload,
+/// would empty a running one).
+#[test]
+fn check_refuses_an_empty_config() {
+    let fixture = Fixture::new();
+    for text in ["", "\n# nothing but a comment\n"] {
+        let config = fixture.write("empty.yaml", text);
+        let output = check(&config);
+        assert_fails_with(
+            &output,
+            &format!("jwtgate: {}: the config is empty", display(&config)),
+        );
+    }
+}
+
 #[test]
 fn check_names_a_config_file_that_cannot_be_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -979,6 +995,8 @@ struct Server {
     child: ChildGuard,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// Every address logged as `listening on ADDR` so far, in log order.
+    listeners: Vec<SocketAddr>,
 }
 
 impl Server {
@@ -1005,6 +1023,7 @@ impl Server {
             child,
             lines,
             seen: Vec::new(),
+            listeners: Vec::new(),
         }
     }
 
@@ -1016,13 +1035,16 @@ impl Server {
             let line = self.lines.recv_timeout(left).ok()?;
             let addr = listening_addr(&line);
             self.seen.push(line);
-            if addr.is_some() {
-                return addr;
+            if let Some(addr) = addr {
+                self.listeners.push(addr);
+                return Some(addr);
             }
         }
     }
 
-    /// The first logged listener address for which `accept` holds.
+    /// The first logged listener address for which `accept` holds: among
+    /// those already logged (so the public and the admin listener can be
+    /// asked for in either order), then among those logged before `timeout`.
     fn listener_where(
         &mut self,
         timeout: Duration,
@@ -1030,6 +1052,12 @@ impl Server {
     ) -> SocketAddr {
         let deadline = Instant::now() + timeout;
         let mut tried = Vec::new();
+        for addr in self.listeners.clone() {
+            if accept(addr) {
+                return addr;
+            }
+            tried.push(addr);
+        }
         while let Some(addr) = self.next_listening(deadline) {
             if accept(addr) {
                 return addr;
@@ -1057,19 +1085,16 @@ impl Server {
                 return line;
             }
         }
+        let status = self.child.0.try_wait();
         panic!(
-            "no such log line within {timeout:?}; stderr so far:\n{}",
+            "no such log line within {timeout:?} (process status {status:?}); stderr so far:\n{}",
             self.seen.join("\n")
         );
     }
 
     /// Sends `SIGHUP` to the process.
     fn hang_up(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -HUP failed: {status}");
+        self.signal("HUP");
     }
 
     /// The public listener: the one serving the JWKS (SPEC §3 Discovery).
@@ -1077,6 +1102,44 @@ impl Server {
         self.listener_where(LISTEN_TIMEOUT, |addr| {
             http_get(addr, "/.well-known/jwks.json").is_some_and(|r| r.status == 200)
         })
+    }
+
+    /// The admin listener: the one answering `/healthz` (SPEC §3 Admin
+    /// listener; the public listener answers 404 there).
+    fn admin_addr(&mut self) -> SocketAddr {
+        self.listener_where(LISTEN_TIMEOUT, |addr| {
+            http_get(addr, "/healthz")
+                .is_some_and(|r| r.status == 200 && r.body == br#"{"status":"alive"}"#)
+        })
+    }
+
+    /// Sends `signal` (`"TERM"`, `"INT"`, …) to the process.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Waits (up to `timeout`) for the process to exit; its exit code
+    /// (`None` when a signal killed it). Panics with the log on timeout.
+    fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                self.seen
+                    .extend(self.lines.try_iter().map(|l| strip_ansi(&l)));
+                panic!(
+                    "still running {timeout:?} later; stderr so far:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -1105,18 +1168,28 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 /// One `GET` over a fresh connection with `Connection: close`; `None` when
 /// the connection or the response fails.
 fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    parse_response(&http_get_raw(addr, path, Duration::from_secs(5)).ok()?)
+}
+
+/// The bytes a `GET` with `Connection: close` gets back before the server
+/// closes the connection (or before `timeout`: a `WouldBlock`/`TimedOut`
+/// error).
+fn http_get_raw(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    )?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
+    stream.read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// A complete HTTP/1.1 response (a body of `Content-Length` bytes, or
+/// chunked up to its last chunk, or up to the close); `None` otherwise.
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head.split(' ').nth(1)?.parse().ok()?;
@@ -1124,8 +1197,16 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<HttpResponse> {
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
     let body = if chunked {
         dechunk(body)?
+    } else if let Some(length) = length {
+        // Fewer bytes than announced: the connection was cut short.
+        body.get(..length)?.to_vec()
     } else {
         body.to_vec()
     };
@@ -1417,4 +1498,407 @@ fn assert_token_verifies(
             public_key.display()
         )
     });
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown, the admin listener and healthcheck
+// ---------------------------------------------------------------------------
+
+/// An upstream that answers one request slowly, so that a test can signal
+/// the gateway while that request is in flight.
+struct SlowUpstream {
+    addr: SocketAddr,
+    /// Receives `()` once the gateway's request head has arrived.
+    arrived: mpsc::Receiver<()>,
+}
+
+impl SlowUpstream {
+    /// Accepts one connection (for up to [`LISTEN_TIMEOUT`]), reads its
+    /// request head, reports it on `arrived`, then `delay` later answers
+    /// `200` with `body` and closes.
+    fn start(delay: Duration, body: &'static str) -> SlowUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (report, arrived) = mpsc::channel();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + LISTEN_TIMEOUT;
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return,
+                }
+            };
+            let timeouts = stream.set_nonblocking(false).and_then(|()| {
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.set_write_timeout(Some(Duration::from_secs(5)))
+            });
+            if timeouts.is_err() {
+                return;
+            }
+            let mut head = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let _ = report.send(());
+            std::thread::sleep(delay);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        SlowUpstream { addr, arrived }
+    }
+}
+
+/// The fixture's config with its `/orders` route public (no policies) and
+/// forwarded to `upstream`, and `limits.drain_timeout` set.
+fn drain_config(fixture: &Fixture, upstream: SocketAddr, drain_timeout: &str) -> PathBuf {
+    let jwt_policy =
+        "    policies:\n      - jwt:\n          audience: orders\n          scopes: [read]\n";
+    let valid = fixture.valid_yaml();
+    assert!(valid.contains(jwt_policy), "{valid}");
+    let yaml = valid
+        .replace(
+            "upstream: http://127.0.0.1:9",
+            &format!("upstream: http://{upstream}"),
+        )
+        .replace(jwt_policy, "    policies: []\n");
+    let yaml = format!("{yaml}limits: {{drain_timeout: {drain_timeout}}}\n");
+    fixture.write("drain.yaml", &yaml)
+}
+
+/// A gateway with one request in flight, held by a [`SlowUpstream`].
+struct InFlight {
+    server: Server,
+    public: SocketAddr,
+    admin: SocketAddr,
+    /// The client's side of the request: all it read before the gateway
+    /// closed the connection (or a read error, after `client_timeout`).
+    request: JoinHandle<std::io::Result<Vec<u8>>>,
+}
+
+impl InFlight {
+    /// Runs `config`, sends `GET /orders/slow` and returns once `upstream`
+    /// has received it.
+    fn start(config: &Path, upstream: &SlowUpstream, client_timeout: Duration) -> InFlight {
+        let mut command = jwtgate();
+        command.args(["run", "-c", config.to_str().unwrap()]);
+        let mut server = Server::spawn(command);
+        let public = server.public_addr();
+        let admin = server.admin_addr();
+        let request =
+            std::thread::spawn(move || http_get_raw(public, "/orders/slow", client_timeout));
+        if upstream.arrived.recv_timeout(LISTEN_TIMEOUT).is_err() {
+            let finished = request.is_finished().then(|| request.join());
+            panic!(
+                "the upstream never got the request (client: {finished:?}); stderr so far:\n{}",
+                server.seen.join("\n")
+            );
+        }
+        InFlight {
+            server,
+            public,
+            admin,
+            request,
+        }
+    }
+
+    /// The client's request, which must have failed: the connection closed
+    /// without a complete response (and not a client-side timeout).
+    fn assert_request_cut_off(self) {
+        match self.request.join().expect("client thread") {
+            Ok(raw) => assert!(
+                parse_response(&raw).is_none(),
+                "expected no complete response, got {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the gateway left the connection open until the client gave up: {e}"
+            ),
+        }
+    }
+}
+
+/// Polls `addr` until it refuses a new connection; panics if it still
+/// accepts them after `timeout`.
+fn wait_until_refused(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            // A handshake that completed in the backlog of a listener that
+            // then closed (reset), or one caught while it closed (no answer
+            // in time): the listener is going away, not yet gone.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("connecting to {addr}: {e}; expected `connection refused`"),
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections {timeout:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The status and body of `GET path` at `addr`.
+fn status_and_body(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_get(addr, path).unwrap_or_else(|| panic!("no response to {path}"));
+    (
+        response.status,
+        String::from_utf8_lossy(&response.body).into_owned(),
+    )
+}
+
+fn healthcheck(admin: &str) -> Output {
+    run_args(&["healthcheck", "--admin", admin])
+}
+
+/// The issue's "Done when": on SIGTERM the public listener stops accepting
+/// at once, the admin listener keeps serving (`/readyz` 503), the request in
+/// flight completes, and the process exits 0 as soon as it has.
+#[test]
+fn run_drains_the_request_in_flight_on_sigterm_then_exits_0() {
+    // Long enough to probe the draining gateway before the upstream answers.
+    const UPSTREAM_DELAY: Duration = Duration::from_secs(2);
+    const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+    let fixture = Fixture::new();
+    let upstream = SlowUpstream::start(UPSTREAM_DELAY, "slow but complete");
+    let config = drain_config(&fixture, upstream.addr, "5s");
+    let mut gateway = InFlight::start(&config, &upstream, Duration::from_secs(10));
+
+    let signalled = Instant::now();
+    gateway.server.signal("TERM");
+    wait_until_refused(gateway.public, Duration::from_secs(5));
+    assert_eq!(
+        status_and_body(gateway.admin, "/readyz"),
+        (503, r#"{"status":"draining"}"#.to_owned())
+    );
+    assert_eq!(
+        status_and_body(gateway.admin, "/healthz"),
+        (200, r#"{"status":"alive"}"#.to_owned())
+    );
+    assert!(
+        !gateway.request.is_finished(),
+        "the probes above must run while the request is in flight; \
+         they took {:?} of the upstream's {UPSTREAM_DELAY:?}",
+        signalled.elapsed()
+    );
+
+    let raw = gateway
+        .request
+        .join()
+        .expect("client thread")
+        .expect("the request in flight completes");
+    let response = parse_response(&raw)
+        .unwrap_or_else(|| panic!("a complete response: {:?}", String::from_utf8_lossy(&raw)));
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.body, b"slow but complete", "{response:?}");
+
+    let code = gateway
+        .server
+        .wait_for_exit(DRAIN_TIMEOUT.saturating_sub(signalled.elapsed()));
+    assert_eq!(code, Some(0));
+    gateway.server.wait_for_line(Duration::from_secs(5), |l| {
+        l.contains("INFO") && l.contains("all connections drained")
+    });
+}
+
+/// A request still in flight when `limits.drain_timeout` runs out is cut
+/// off; the gateway still exits 0 (the shutdown it was asked for happened).
+#[test]
+fn run_cuts_off_requests_still_in_flight_at_the_drain_timeout_and_exits_0() {
+    let fixture = Fixture::new();
+    let upstream = SlowUpstream::start(Duration::from_secs(10), "too late");
+    let config = drain_config(&fixture, upstream.addr, "1s");
+    let mut gateway = InFlight::start(&config, &upstream, Duration::from_secs(8));
+
+    let signalled = Instant::now();
+    gateway.server.signal("TERM");
+    let code = gateway.server.wait_for_exit(Duration::from_secs(5));
+    let took = signalled.elapsed();
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_secs(1),
+        "exited {took:?} after SIGTERM, before the 1 s drain timeout"
+    );
+    let warning = gateway
+        .server
+        .wait_for_line(Duration::from_secs(5), |l| l.contains("drain timeout"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        !gateway
+            .server
+            .seen
+            .iter()
+            .any(|l| l.contains("all connections drained")),
+        "{:?}",
+        gateway.server.seen
+    );
+    gateway.assert_request_cut_off();
+}
+
+/// While draining, `healthcheck` fails (`/readyz` is 503); a second SIGTERM
+/// or SIGINT ends the drain at once with status 1.
+#[test]
+fn run_exits_1_at_once_on_a_second_signal_during_the_drain() {
+    let fixture = Fixture::new();
+    for second in ["TERM", "INT"] {
+        let upstream = SlowUpstream::start(Duration::from_secs(10), "too late");
+        let config = drain_config(&fixture, upstream.addr, "30s");
+        let mut gateway = InFlight::start(&config, &upstream, Duration::from_secs(8));
+
+        gateway.server.signal("TERM");
+        gateway
+            .server
+            .wait_for_line(LISTEN_TIMEOUT, |l| l.contains("shutting down"));
+        // Once the public listener is closed, `/readyz` answers 503.
+        wait_until_refused(gateway.public, Duration::from_secs(5));
+        let admin = gateway.admin.to_string();
+        let line = assert_fails_with_context(
+            &healthcheck(&admin),
+            &format!("jwtgate: {admin}: "),
+            &format!("SIGTERM then SIG{second}: "),
+        );
+        assert!(line.contains("503"), "{line}");
+
+        gateway.server.signal(second);
+        // Far less than the 30 s drain timeout.
+        let code = gateway.server.wait_for_exit(Duration::from_secs(5));
+        assert_eq!(code, Some(1), "second signal SIG{second}");
+        let warning = gateway
+            .server
+            .wait_for_line(Duration::from_secs(5), |l| l.contains("second signal"));
+        assert!(warning.contains("WARN"), "{warning}");
+        gateway.assert_request_cut_off();
+    }
+}
+
+#[test]
+fn healthcheck_exits_0_when_the_admin_listener_is_ready() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let mut server = Server::spawn(command);
+    let admin = server.admin_addr();
+    let public = server.public_addr();
+
+    // An unspecified address (as in `admin: 0.0.0.0:9901`) is reached on
+    // loopback.
+    for target in [admin.to_string(), format!("0.0.0.0:{}", admin.port())] {
+        let output = healthcheck(&target);
+        assert_eq!(output.code, Some(0), "--admin {target}: {output:#?}");
+        assert_eq!(output.stdout, "", "--admin {target}: {output:#?}");
+        assert_eq!(output.stderr, "", "--admin {target}: {output:#?}");
+    }
+
+    // The public listener has no `/readyz`: answering is not enough.
+    let line = assert_fails_with(
+        &healthcheck(&public.to_string()),
+        &format!("jwtgate: {public}: "),
+    );
+    assert!(line.contains("404"), "{line}");
+}
+
+#[test]
+fn healthcheck_names_an_admin_address_it_cannot_reach_or_parse() {
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let output = healthcheck(&closed.to_string());
+    assert_fails_with(&output, &format!("jwtgate: {closed}: "));
+
+    let output = healthcheck("not-an-address");
+    let line = assert_fails_with(&output, "jwtgate: ");
+    assert!(line.contains("not-an-address"), "{line}");
+}
+
+/// SPEC §3 Admin listener: Prometheus text with the standard `process_*`
+/// metrics and the reload counters exported from start; none of the admin
+/// endpoints is served on the public listener.
+#[test]
+fn admin_listener_serves_metrics_and_probes_that_the_public_listener_does_not() {
+    let fixture = Fixture::new();
+    let config = fixture.valid_config();
+    let started = now();
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap()]);
+    let mut server = Server::spawn(command);
+    let public = server.public_addr();
+    let admin = server.admin_addr();
+
+    let response = http_get(admin, "/metrics").expect("a /metrics response");
+    assert_eq!(response.status, 200, "{response:?}");
+    let content_type = response
+        .head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("a Content-Type");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let text = String::from_utf8(response.body).expect("UTF-8 metrics");
+    let sample = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} sample in:\n{text}"));
+        line[name.len()..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    assert!(sample("process_resident_memory_bytes") > 0.0, "{text}");
+    assert!(sample("process_cpu_seconds_total") >= 0.0, "{text}");
+    let start_time = sample("process_start_time_seconds");
+    assert!(
+        (started as f64 - 5.0..=now() as f64 + 5.0).contains(&start_time),
+        "process_start_time_seconds {start_time} is not the time the process started ({started})"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"jwtgate_config_reloads_total{result="success"} 0"#),
+        "{text}"
+    );
+
+    assert_eq!(
+        status_and_body(admin, "/readyz"),
+        (200, r#"{"status":"ready"}"#.to_owned())
+    );
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            status_and_body(public, path),
+            (
+                404,
+                r#"{"error":"not_found","error_description":"no route matches this request"}"#
+                    .to_owned()
+            ),
+            "public {path}"
+        );
+    }
 }

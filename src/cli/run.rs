@@ -25,16 +25,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         // Before anything else: SIGHUP's default action kills the process,
         // so a reload sent just after start must find the handler in place.
         let hangups = HangupSignals::install();
+        // Likewise SIGTERM and Ctrl-C: caught once for the whole run, so a
+        // second signal during the drain is never lost between two waits.
+        let mut shutdown = ShutdownSignals::install();
         let gateway = RunningGateway::start(source).await?;
         hangups.reload_on_each(gateway.runtime.clone());
         if is_demo {
             print_demo_commands(gateway.addr);
         }
-        wait_for_shutdown_signal().await;
+        shutdown.next().await;
         tracing::info!("shutting down: no longer accepting connections, draining");
         tokio::select! {
             () = gateway.shutdown() => Ok(ExitCode::SUCCESS),
-            () = wait_for_shutdown_signal() => {
+            () = shutdown.next() => {
                 tracing::warn!("second signal: exiting without waiting for requests in flight");
                 Ok(ExitCode::FAILURE)
             }
@@ -95,24 +98,49 @@ impl HangupSignals {
     }
 }
 
-async fn wait_for_shutdown_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), each caught from the start of `run`.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            ShutdownSignals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        ShutdownSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or SIGINT (a signal that cannot be caught never
+    /// comes).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.terminate) => {}
+                () = recv(&mut self.interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
