@@ -1039,8 +1039,9 @@ fn hostile_cases() -> Vec<Case> {
         &gw(&payload_with("exp", Value::Null)),
         INVALID_CLAIMS,
     );
-    // SPEC: NumericDates must be in 0…2^53. 2^53 + 1 is a JSON integer the
-    // gateway reads as an f64, which rounds it to 2^53 (in range).
+    // SPEC: NumericDates must be in 0…2^53. 2^53 + 1 as an f64 rounds to
+    // 2^53 (in range), so integers must be compared exactly (they once
+    // were not: this pair caught it).
     t.token(
         "SPEC: exp 2^53 + 1",
         &gw(&payload_with("exp", json!(MAX_NUMERIC_DATE + 1))),
