@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::ThrottleConfig;
 
 /// The most keys a table tracks. Past it, expired windows are dropped, then
-/// the oldest window.
+/// the oldest windows (see [`Windows::make_room`]).
 const MAX_TRACKED: usize = 65_536;
 
 /// The configured limits (part of a snapshot).
@@ -183,19 +183,22 @@ impl<K: Hash + Eq + Clone> Windows<K> {
         self.entries.len()
     }
 
-    /// Drops expired windows; if none expired, the one that ends first.
+    /// Makes room for new keys when the table is full: drops expired
+    /// windows and, if that leaves it more than 7/8 full, the windows that
+    /// end first down to 7/8. Freeing a batch keeps the cost amortised: a
+    /// flood of new keys pays one pass per [`MAX_TRACKED`]/8 inserts, not
+    /// one per insert.
     fn make_room(&mut self, now: Instant) {
         self.entries.retain(|_, w| w.ends > now);
-        if self.entries.len() >= MAX_TRACKED {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, w)| w.ends)
-                .map(|(k, _)| k.clone());
-            if let Some(key) = oldest {
-                self.entries.remove(&key);
-            }
+        let keep = MAX_TRACKED - MAX_TRACKED / 8;
+        if self.entries.len() <= keep {
+            return;
         }
+        let mut ends: Vec<Instant> = self.entries.values().map(|w| w.ends).collect();
+        let drop = ends.len() - keep;
+        let (_, cutoff, _) = ends.select_nth_unstable(drop - 1);
+        let cutoff = *cutoff;
+        self.entries.retain(|_, w| w.ends > cutoff);
     }
 }
 
@@ -274,9 +277,23 @@ mod tests {
             per_address: u32::MAX,
             ..RULES
         };
-        for i in 0..(MAX_TRACKED + 1_000) {
-            throttle.failed(&rules, Some(&format!("id-{i}")), ip("203.0.113.9"), now);
+        for i in 0..(MAX_TRACKED * 2) {
+            let at = now + Duration::from_micros(i as u64);
+            throttle.failed(&rules, Some(&format!("id-{i}")), ip("203.0.113.9"), at);
+            assert!(throttle.tracked().0 <= MAX_TRACKED);
         }
-        assert_eq!(throttle.tracked(), (MAX_TRACKED, 1));
+        // Room is made in batches: never more than full, never less than 7/8.
+        let tracked = throttle.tracked().0;
+        assert!(tracked > MAX_TRACKED - MAX_TRACKED / 8, "{tracked}");
+        assert_eq!(throttle.tracked().1, 1);
+        // The oldest keys went first.
+        assert!(!lock(&throttle.by_client)
+            .entries
+            .contains_key(&("id-0".to_owned(), ip("203.0.113.9"))));
+        // The newest keys are the ones kept.
+        let last = format!("id-{}", MAX_TRACKED * 2 - 1);
+        assert!(lock(&throttle.by_client)
+            .entries
+            .contains_key(&(last, ip("203.0.113.9"))));
     }
 }
