@@ -1000,6 +1000,13 @@ struct Server {
 }
 
 impl Server {
+    /// `jwtgate run -c CONFIG`.
+    fn run(config: &Path) -> Server {
+        let mut command = jwtgate();
+        command.args(["run", "-c", config.to_str().unwrap()]);
+        Server::spawn(command)
+    }
+
     fn spawn(mut command: Command) -> Server {
         command
             .stdin(Stdio::null())
@@ -1244,9 +1251,7 @@ fn assert_serves_the_fixture_jwks(addr: SocketAddr) {
 fn run_logs_the_bound_address_and_serves_the_jwks() {
     let fixture = Fixture::new();
     let config = fixture.valid_config();
-    let mut command = jwtgate();
-    command.args(["run", "-c", config.to_str().unwrap()]);
-    let mut server = Server::spawn(command);
+    let mut server = Server::run(&config);
     let addr = server.public_addr();
     assert_serves_the_fixture_jwks(addr);
     assert!(
@@ -1338,9 +1343,7 @@ fn run_reloads_on_sighup_and_logs_what_needs_a_restart() {
     const RELOAD_WAIT: Duration = Duration::from_secs(3);
     let fixture = Fixture::new();
     let config = fixture.valid_config();
-    let mut command = jwtgate();
-    command.args(["run", "-c", config.to_str().unwrap()]);
-    let mut server = Server::spawn(command);
+    let mut server = Server::run(&config);
     let addr = server.public_addr();
     let reloaded_by_sighup = |l: &str| l.contains("config reloaded from") && l.contains("SIGHUP");
 
@@ -1799,9 +1802,7 @@ fn run_exits_1_at_once_on_a_second_signal_during_the_drain() {
 fn healthcheck_exits_0_when_the_admin_listener_is_ready() {
     let fixture = Fixture::new();
     let config = fixture.valid_config();
-    let mut command = jwtgate();
-    command.args(["run", "-c", config.to_str().unwrap()]);
-    let mut server = Server::spawn(command);
+    let mut server = Server::run(&config);
     let admin = server.admin_addr();
     let public = server.public_addr();
 
@@ -1844,9 +1845,7 @@ fn admin_listener_serves_metrics_and_probes_that_the_public_listener_does_not() 
     let fixture = Fixture::new();
     let config = fixture.valid_config();
     let started = now();
-    let mut command = jwtgate();
-    command.args(["run", "-c", config.to_str().unwrap()]);
-    let mut server = Server::spawn(command);
+    let mut server = Server::run(&config);
     let public = server.public_addr();
     let admin = server.admin_addr();
 
