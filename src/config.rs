@@ -36,6 +36,26 @@ pub struct FileConfig {
     /// token endpoint's throttle uses; nobody's by default.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+}
+
+/// `token_cache`: the verified-token cache. `max_entries: 0` turns it off.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenCacheConfig {
+    pub max_entries: usize,
+    /// Longer tokens are verified every time, never cached.
+    pub max_token_bytes: usize,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        TokenCacheConfig {
+            max_entries: 4096,
+            max_token_bytes: 4096,
+        }
+    }
 }
 
 impl FileConfig {

@@ -182,6 +182,7 @@ async fn route_and_forward<'s>(
         keys: &snapshot.keys,
         now,
         metrics: &runtime.metrics,
+        token_cache: &runtime.token_cache,
     };
     for policy in &route.policies {
         policy.apply(&input, &mut verdict)?;

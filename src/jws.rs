@@ -7,6 +7,7 @@
 //! gateway's own set, and the token's `alg` must equal the key's algorithm.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -213,7 +214,7 @@ impl<'de> Deserialize<'de> for UniqueObject {
 pub fn select_key<'k>(
     token: &ParsedToken<'_>,
     keys: &'k KeySet,
-) -> Result<&'k Verifier, Rejection> {
+) -> Result<&'k Arc<Verifier>, Rejection> {
     let Some(alg) = Algorithm::from_name(&token.alg) else {
         return reject(
             AuthFailure::AlgorithmNotAllowed,
@@ -282,13 +283,23 @@ pub fn check_claims(
     rules: &ClaimRules,
     now: u64,
 ) -> Result<Identity, Rejection> {
+    check_claim_set(token.typ.as_deref(), &token.claims, rules, now)
+}
+
+/// Step 4 on a token's `typ` and claims alone: what a verified-token cache
+/// hit re-checks, by the same code as a miss.
+pub fn check_claim_set(
+    typ: Option<&str>,
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<Identity, Rejection> {
     use AuthFailure::InvalidClaims;
     if let Some(required) = &rules.typ {
-        if token.typ.as_deref().map(normalise_typ).as_deref() != Some(required.as_str()) {
+        if typ.map(normalise_typ).as_deref() != Some(required.as_str()) {
             return reject(InvalidClaims, "token type is not the one required");
         }
     }
-    let claims = &token.claims;
     let exp = match numeric_date(claims, "exp")? {
         Some(exp) => exp,
         None => return reject(InvalidClaims, "token has no exp claim"),

@@ -24,4 +24,5 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod token;
+pub mod token_cache;
 pub mod watch;

@@ -170,7 +170,11 @@ impl Runtime {
                 self.warn_about_restart_only_changes(&snapshot);
                 let file = snapshot.source.clone();
                 self.metrics.add_routes(&snapshot.routes);
+                let cache_config = snapshot.token_cache;
                 self.snapshot.store(Arc::new(snapshot));
+                // After the swap: an entry a request on the old snapshot adds
+                // later is still refused unless its key is in the new set.
+                self.token_cache.reset(&cache_config);
                 self.metrics.reload_successes.inc();
                 self.metrics.last_reload_success.set(unix_now_secs());
                 tracing::info!(trigger = trigger.as_str(), "config reloaded from {file}");

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::reload::{self, SourceScan};
 use crate::snapshot::Snapshot;
 use crate::token::throttle::Throttle;
+use crate::token_cache::TokenCache;
 
 /// `generate: true` keys, made once per process and reused by every snapshot
 /// that names the same kid and algorithm (so a reload never invalidates the
@@ -58,6 +59,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     /// Failed token-endpoint authentications, kept across reloads.
     pub throttle: Throttle,
+    /// Tokens whose signature was checked; emptied by every reload.
+    pub token_cache: TokenCache,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
 }
@@ -73,6 +76,7 @@ impl Runtime {
         let metrics = Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?;
         metrics.add_routes(&snapshot.routes);
         metrics.last_reload_success.set(reload::unix_now_secs());
+        let token_cache = TokenCache::new(&snapshot.token_cache);
         Ok(Arc::new(Runtime {
             started_listen: snapshot.listen,
             started_admin: snapshot.admin,
@@ -83,6 +87,7 @@ impl Runtime {
             last_scan: Mutex::new(scan),
             metrics,
             throttle: Throttle::default(),
+            token_cache,
             draining: AtomicBool::new(false),
         }))
     }

@@ -15,6 +15,7 @@ use http::{HeaderName, Method};
 use crate::client_addr::Cidr;
 use crate::config::{
     ConfigError, ConfigSource, FileConfig, KeyConfig, Limits, PolicyConfig, RouteConfig,
+    TokenCacheConfig,
 };
 use crate::forward::Upstream;
 use crate::keys::{local, Algorithm, KeySet, LocalKey};
@@ -43,6 +44,7 @@ pub struct Snapshot {
     pub metadata_document: Option<Bytes>,
     /// Peers whose `X-Forwarded-For` the token endpoint's throttle believes.
     pub trusted_proxies: Vec<Cidr>,
+    pub token_cache: TokenCacheConfig,
 }
 
 impl Snapshot {
@@ -136,6 +138,7 @@ impl Snapshot {
             injected_headers,
             metadata_document,
             trusted_proxies,
+            token_cache: config.token_cache,
         })
     }
 }

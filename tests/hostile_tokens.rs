@@ -69,8 +69,9 @@ struct Expect {
     error: &'static str,
     /// The `reason` label of `jwtgate_auth_failures_total`.
     reason: &'static str,
-    /// Signature verifications the request costs: 0 when the token must be
-    /// refused before any signature work.
+    /// Verifications that reach the signature step — a signature check, or
+    /// a verified-token cache hit for the same token and key: 0 when the
+    /// token must be refused before any signature work.
     signature_checks: u64,
 }
 
@@ -1562,8 +1563,9 @@ impl Scrape {
                         value.parse().unwrap(),
                     );
                 }
-                "jwtgate_token_cache_requests_total" if labels["result"] == "miss" => {
-                    scrape.signature_checks = value.parse().unwrap();
+                // Both results: a hit stands for a signature checked before.
+                "jwtgate_token_cache_requests_total" => {
+                    scrape.signature_checks += value.parse::<u64>().unwrap();
                 }
                 "process_resident_memory_bytes" => {
                     scrape.resident_memory_bytes = value.parse().unwrap();

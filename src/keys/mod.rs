@@ -248,18 +248,20 @@ impl KeySet {
 
     /// Keys are picked by kid and never tried in turn; a token without a kid
     /// is accepted only when exactly one key applies (whatever its algorithm).
-    pub fn select(&self, kid: Option<&str>) -> Result<&Verifier, KeySelectionError> {
+    /// The `Arc` is the key's identity: the verified-token cache compares it
+    /// to tell a key still in the set from one removed or replaced.
+    pub fn select(&self, kid: Option<&str>) -> Result<&Arc<Verifier>, KeySelectionError> {
         match kid {
             Some(kid) => self
                 .by_kid
                 .get(kid)
-                .map(|key| key.verifier.as_ref())
+                .map(|key| &key.verifier)
                 .ok_or(KeySelectionError::UnknownKid),
             None if self.by_kid.len() == 1 => Ok(self
                 .by_kid
                 .values()
                 .next()
-                .map(|key| key.verifier.as_ref())
+                .map(|key| &key.verifier)
                 .ok_or(KeySelectionError::NoKidAndAmbiguous)?),
             None => Err(KeySelectionError::NoKidAndAmbiguous),
         }

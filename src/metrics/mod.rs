@@ -297,14 +297,13 @@ impl Metrics {
             .inc();
     }
 
-    /// A token's signature was checked (there is no verified-token cache
-    /// yet, so every verification is a miss).
+    /// A verification that checked a signature (not in the verified-token
+    /// cache, or too long for it).
     pub fn signature_checked(&self) {
         self.token_cache_misses.inc();
     }
 
-    /// Reserved for the verified-token cache: a verification answered
-    /// without a signature check.
+    /// A verification answered from the verified-token cache.
     pub fn token_cache_hit(&self) {
         self.token_cache_hits.inc();
     }

@@ -113,9 +113,18 @@ impl JwtPolicy {
         verdict: &mut Verdict,
     ) -> Result<(), GatewayError> {
         let token = bearer_token(input)?;
-        let (parsed, identity) = jws::verify(token, input.keys, &self.rules, input.now, || {
-            input.metrics.signature_checked()
-        })
+        // The signature (or a cache hit for this exact token and key), then
+        // the claims — checked on every request, hit or miss.
+        let verified = input
+            .token_cache
+            .verify(token, input.keys, input.metrics)
+            .map_err(GatewayError::InvalidToken)?;
+        let identity = jws::check_claim_set(
+            verified.typ.as_deref(),
+            &verified.claims,
+            &self.rules,
+            input.now,
+        )
         .map_err(GatewayError::InvalidToken)?;
         if !self
             .required_scopes
@@ -141,7 +150,7 @@ impl JwtPolicy {
             HeaderValue::from_str(&identity.scopes.join(" ")).map_err(|_| invalid_claims())?;
         verdict.inject.push((self.scopes_header.clone(), scopes));
         for (claim, header) in &self.claim_headers {
-            let text = match parsed.claims.get(claim) {
+            let text = match verified.claims.get(claim) {
                 Some(Value::String(s)) if jws::is_header_safe(s) => s.clone(),
                 Some(Value::String(_)) => return Err(invalid_claims()),
                 Some(Value::Number(n)) => n.to_string(),
@@ -228,11 +237,13 @@ mod tests {
         }
         let keys = KeySet::default();
         let metrics = crate::metrics::Metrics::new().unwrap();
+        let token_cache = crate::token_cache::TokenCache::new(&Default::default());
         let input = PolicyInput {
             headers: &map,
             keys: &keys,
             now: 0,
             metrics: &metrics,
+            token_cache: &token_cache,
         };
         bearer_token(&input).map(str::to_owned)
     }

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::error::GatewayError;
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
+use crate::token_cache::TokenCache;
 
 /// One built step of a route's chain.
 #[derive(Debug)]
@@ -24,6 +25,7 @@ pub struct PolicyInput<'a> {
     /// Seconds since the Unix epoch.
     pub now: u64,
     pub metrics: &'a Metrics,
+    pub token_cache: &'a TokenCache,
 }
 
 /// What the chain decided, applied by the forwarder after hop-by-hop removal.
