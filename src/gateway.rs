@@ -14,7 +14,7 @@ use crate::access_log::{self, AccessRecord};
 use crate::body::{full, Body, BodyState, LimitedBody};
 use crate::client_addr::client_addr;
 use crate::error::GatewayError;
-use crate::forward::{self, ClientInfo, Upstream};
+use crate::forward::{self, ClientInfo, Upstream, UpstreamClient};
 use crate::metrics::{TokenResult, UpstreamErrorKind};
 use crate::policy::{PolicyInput, Verdict};
 use crate::router;
@@ -52,6 +52,7 @@ struct Exchange<'s> {
 /// Records the request's metrics and attaches its access log line.
 pub async fn handle(
     runtime: &Runtime,
+    client: &UpstreamClient,
     request: Request<Body>,
     connection: Connection,
 ) -> Response<Body> {
@@ -68,6 +69,7 @@ pub async fn handle(
     };
     let result = route_and_forward(
         runtime,
+        client,
         &snapshot,
         request,
         connection,
@@ -131,6 +133,7 @@ pub async fn handle(
 
 async fn route_and_forward<'s>(
     runtime: &Runtime,
+    upstream_client: &UpstreamClient,
     snapshot: &'s Snapshot,
     mut request: Request<Body>,
     connection: Connection,
@@ -214,7 +217,7 @@ async fn route_and_forward<'s>(
         Upstream::Http(_) => {
             let sent = Instant::now();
             let response = forward::send(
-                &runtime.client,
+                upstream_client,
                 upstream_request,
                 snapshot.limits.upstream_timeout.0,
                 &body_state,

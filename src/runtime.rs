@@ -1,5 +1,5 @@
 //! `Runtime`: the current [`Snapshot`] behind an `ArcSwap`, and the state
-//! that outlives any one snapshot (generated keys, the upstream client, the
+//! that outlives any one snapshot (generated keys, the verified-token cache,
 //! reload counters). Reloading is in [`crate::reload`].
 
 use std::collections::HashMap;
@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::config::ConfigSource;
-use crate::forward::{self, UpstreamClient};
 use crate::keys::{local, Algorithm, LocalKey};
 use crate::metrics::Metrics;
 use crate::reload::{self, SourceScan};
@@ -50,7 +49,6 @@ pub struct Runtime {
     pub(crate) started_listen: SocketAddr,
     pub(crate) started_admin: SocketAddr,
     pub generated: GeneratedKeys,
-    pub client: UpstreamClient,
     /// Held for the whole of a reload (so a SIGHUP and a file event never
     /// build at once); holds what the last attempt read, so a file event
     /// that changed no content is a no-op.
@@ -83,7 +81,6 @@ impl Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path: source.path,
             generated,
-            client: forward::client(),
             last_scan: Mutex::new(scan),
             metrics,
             throttle: Throttle::default(),

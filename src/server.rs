@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::forward::{self, UpstreamClient};
 use crate::gateway::{self, Connection};
 use crate::runtime::Runtime;
 use crate::watch::ConfigWatcher;
@@ -56,26 +57,32 @@ pub(crate) async fn accept_until(
 
 /// Serves the public listener until `shutdown` turns `true`, then closes it
 /// (new connections are refused) and lets open connections finish, up to
-/// the `limits.drain_timeout` of the config current at that moment.
+/// the `limits.drain_timeout` of the config current at that moment. Returns
+/// whether every connection finished in time.
 pub async fn serve_public(
     listener: TcpListener,
     runtime: Arc<Runtime>,
+    upstream_client: UpstreamClient,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> bool {
     let graceful = GracefulShutdown::new();
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let limits = runtime.snapshot().limits.clone();
         let runtime = runtime.clone();
+        let upstream_client = upstream_client.clone();
         let connection = Connection {
             peer,
             proto: "http",
         };
         let service = service_fn(move |request: Request<Incoming>| {
             let runtime = runtime.clone();
+            let upstream_client = upstream_client.clone();
             async move {
                 let request = request.map(|body| body.map_err(Into::into).boxed());
-                Ok::<_, Infallible>(gateway::handle(&runtime, request, connection).await)
+                Ok::<_, Infallible>(
+                    gateway::handle(&runtime, &upstream_client, request, connection).await,
+                )
             }
         });
         let mut builder = http1::Builder::new();
@@ -100,11 +107,98 @@ pub async fn serve_public(
     drop(listener);
     let drain = runtime.snapshot().limits.drain_timeout.0;
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(
-            "drain timeout ({}s) reached; closing the remaining connections",
-            drain.as_secs_f64()
-        ),
+        _ = graceful.shutdown() => true,
+        _ = tokio::time::sleep(drain) => false,
+    }
+}
+
+/// Where the public listener's connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// On the caller's tokio runtime (tests, benches).
+    Shared,
+    /// On this many threads, each with its own single-threaded runtime and
+    /// upstream connection pool, accepting from the same listening socket.
+    /// A request, its upstream exchange and its connection's tasks then stay
+    /// on one thread: no cross-thread wake-ups on the hot path (measured in
+    /// the README's Performance section).
+    PerThread(usize),
+}
+
+/// The public listener's serving loops.
+enum PublicServing {
+    Task(JoinHandle<bool>),
+    Threads(Vec<std::thread::JoinHandle<bool>>),
+}
+
+impl PublicServing {
+    fn start(
+        listener: TcpListener,
+        runtime: &Arc<Runtime>,
+        serving: Serving,
+        stop: watch::Receiver<bool>,
+    ) -> Result<PublicServing, String> {
+        let threads = match serving {
+            Serving::Shared => {
+                let task = serve_public(listener, runtime.clone(), forward::client(), stop);
+                return Ok(PublicServing::Task(tokio::spawn(task)));
+            }
+            Serving::PerThread(threads) => threads.max(1),
+        };
+        let listener = listener
+            .into_std()
+            .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let listener = listener
+                .try_clone()
+                .map_err(|e| format!("cannot share the listening socket: {e}"))?;
+            let (runtime, stop) = (runtime.clone(), stop.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("jwtgate-serve-{i}"))
+                .spawn(move || {
+                    let local = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(local) => local,
+                        Err(e) => {
+                            tracing::error!("serving thread {i}: cannot start a runtime: {e}");
+                            return true;
+                        }
+                    };
+                    local.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                serve_public(listener, runtime, forward::client(), stop).await
+                            }
+                            Err(e) => {
+                                tracing::error!("serving thread {i}: {e}");
+                                true
+                            }
+                        }
+                    })
+                })
+                .map_err(|e| format!("cannot start a serving thread: {e}"))?;
+            handles.push(handle);
+        }
+        Ok(PublicServing::Threads(handles))
+    }
+
+    /// Waits for the drain; whether every connection finished in time.
+    async fn finished(self) -> bool {
+        match self {
+            PublicServing::Task(task) => task.await.unwrap_or(false),
+            PublicServing::Threads(handles) => tokio::task::spawn_blocking(move || {
+                // Join every thread, even after one reports a cut-off.
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().unwrap_or(false))
+                    .fold(true, |all, drained| all && drained)
+            })
+            .await
+            .unwrap_or(false),
+        }
     }
 }
 
@@ -118,15 +212,23 @@ pub struct RunningGateway {
     /// Reloads on config file changes; `None` for the embedded demo.
     _watcher: Option<ConfigWatcher>,
     stop_public: watch::Sender<bool>,
-    public: JoinHandle<()>,
+    public: PublicServing,
     stop_admin: watch::Sender<bool>,
     admin: JoinHandle<()>,
 }
 
 impl RunningGateway {
+    /// [`RunningGateway::start_with`] on the caller's runtime.
+    pub async fn start(source: crate::config::ConfigSource) -> Result<RunningGateway, String> {
+        RunningGateway::start_with(source, Serving::Shared).await
+    }
+
     /// Loads the config, binds `listen` and `admin`, starts serving both
     /// and starts watching the config files.
-    pub async fn start(source: crate::config::ConfigSource) -> Result<RunningGateway, String> {
+    pub async fn start_with(
+        source: crate::config::ConfigSource,
+        serving: Serving,
+    ) -> Result<RunningGateway, String> {
         let runtime = Runtime::load(source)?;
         let snapshot = runtime.snapshot();
         let public_listener = bind(snapshot.listen, "listen").await?;
@@ -137,7 +239,7 @@ impl RunningGateway {
         tracing::info!(listener = "admin", "listening on {admin_addr}");
 
         let (stop_public, stop) = watch::channel(false);
-        let public = tokio::spawn(serve_public(public_listener, runtime.clone(), stop));
+        let public = PublicServing::start(public_listener, &runtime, serving, stop)?;
         let (stop_admin, stop) = watch::channel(false);
         let admin = tokio::spawn(crate::admin::serve_admin(
             admin_listener,
@@ -162,7 +264,15 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         self.runtime.start_draining();
         let _ = self.stop_public.send(true);
-        let _ = self.public.await;
+        if self.public.finished().await {
+            tracing::info!("all connections drained");
+        } else {
+            let drain = self.runtime.snapshot().limits.drain_timeout.0;
+            tracing::warn!(
+                "drain timeout ({}s) reached; closing the remaining connections",
+                drain.as_secs_f64()
+            );
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin.await;
     }

@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Log lines as text or JSON (on stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Threads serving the public listener, each with its own runtime and
+    /// upstream pool (default: one per CPU).
+    #[arg(long, env = "JWTGATE_THREADS")]
+    threads: Option<usize>,
 }
 
 impl Cli {

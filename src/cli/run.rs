@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jwtgate::config::ConfigSource;
 use jwtgate::reload::Trigger;
 use jwtgate::runtime::Runtime;
-use jwtgate::server::RunningGateway;
+use jwtgate::server::{RunningGateway, Serving};
 
 use super::RunArgs;
 
@@ -17,18 +17,26 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         None => ConfigSource::demo(),
     };
     let is_demo = args.config.is_none();
+    let threads = match args.threads {
+        Some(0) => return Err("--threads must be at least 1".into()),
+        Some(threads) => threads,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // The public listener runs on its own threads (see `Serving`); this
+    // runtime has the admin listener, the config watcher and the signals.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Before anything else: SIGHUP's default action kills the process,
         // so a reload sent just after start must find the handler in place.
         let hangups = HangupSignals::install();
         // Likewise SIGTERM and Ctrl-C: caught once for the whole run, so a
         // second signal during the drain is never lost between two waits.
         let mut shutdown = ShutdownSignals::install();
-        let gateway = RunningGateway::start(source).await?;
+        let gateway = RunningGateway::start_with(source, Serving::PerThread(threads)).await?;
         hangups.reload_on_each(gateway.runtime.clone());
         if is_demo {
             print_demo_commands(gateway.addr);
@@ -42,7 +50,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
                 Ok(ExitCode::FAILURE)
             }
         }
-    })
+    });
+    // After a second signal the drain is still running on other threads:
+    // exit without waiting for it.
+    runtime.shutdown_background();
+    result
 }
 
 /// The tutorial of SPEC §1, with the address actually bound.
