@@ -191,10 +191,11 @@ impl PublicServing {
             PublicServing::Task(task) => task.await.unwrap_or(false),
             PublicServing::Threads(handles) => tokio::task::spawn_blocking(move || {
                 // Join every thread, even after one reports a cut-off.
-                handles
+                let drained: Vec<bool> = handles
                     .into_iter()
                     .map(|handle| handle.join().unwrap_or(false))
-                    .fold(true, |all, drained| all && drained)
+                    .collect();
+                drained.into_iter().all(|d| d)
             })
             .await
             .unwrap_or(false),
