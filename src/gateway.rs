@@ -252,10 +252,36 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return value.clone();
         }
     }
-    crate::token::mint::random_id()
-        .ok()
-        .and_then(|id| HeaderValue::from_str(&id).ok())
-        .unwrap_or_else(|| HeaderValue::from_static("unavailable"))
+    fresh_request_id()
+}
+
+/// A request id unique to this process and run: 8 random bytes drawn once
+/// at start, then a counter — 22 base64url characters. Ids identify, they
+/// do not authenticate, so a counter is enough and spares the random
+/// generator on every request.
+fn fresh_request_id() -> HeaderValue {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<[u8; 8]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // Without randomness the time of day makes runs distinct enough.
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            bytes = unix_now().to_be_bytes();
+        }
+        bytes
+    });
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(prefix);
+    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    let mut text = [0u8; 22];
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(id, &mut text)
+        .unwrap_or_default();
+    HeaderValue::from_bytes(&text[..written]).unwrap_or(HeaderValue::from_static("unavailable"))
 }
 
 /// `limits.max_header_bytes` (request line and header lines, counted as on
@@ -396,5 +422,6 @@ mod tests {
         headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&headers), "has space");
         assert_eq!(request_id(&HeaderMap::new()).len(), 22);
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
     }
 }
