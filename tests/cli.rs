@@ -5,10 +5,10 @@
 //! drop, panics included), every wait has a deadline, and every listener is
 //! on port 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +18,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
+#[path = "common/process.rs"]
+mod process;
+
+use process::{jwtgate, run_with_timeout, strip_ansi, Output, Server, LISTEN_TIMEOUT};
 
 /// `hashlib.sha256(b"s3cret").hexdigest()`, computed outside this project.
 const SHA256_S3CRET: &str = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
@@ -29,81 +32,12 @@ const SHA256_LONG: &str = "7e9246aa13cf9c78e3883af339ff54dfc18de354d8ecd0e2dc922
 
 /// The longest a one-shot command (keygen, check, …) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest `run` may take to log `listening on` and answer.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest `run` may take to give up on a bad config or address.
 const STARTUP_FAILURE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Process helpers
 // ---------------------------------------------------------------------------
-
-/// A child process that is killed and reaped when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The binary with a clean, predictable environment.
-fn jwtgate() -> Command {
-    let mut command = Command::new(BIN);
-    command.env_remove("JWTGATE_CONFIG").env("RUST_LOG", "info");
-    command
-}
-
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain<R: Read + Send + 'static>(mut reader: R) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = reader.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// Runs `command` to completion with `stdin` as its input; panics (killing
-/// the child) if it takes longer than `timeout`.
-fn run_with_timeout(mut command: Command, stdin: &[u8], timeout: Duration) -> Output {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard(command.spawn().expect("spawn jwtgate"));
-    let mut input = guard.0.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    // Dropping `input` at the end of the thread closes stdin (EOF).
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let stdout = drain(guard.0.stdout.take().expect("stdout"));
-    let stderr = drain(guard.0.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command:?} did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = writer.join();
-    Output {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
 
 fn run(command: Command) -> Output {
     run_with_timeout(command, b"", COMMAND_TIMEOUT)
@@ -960,195 +894,6 @@ fn token_reports_config_errors_like_check() {
 // ---------------------------------------------------------------------------
 // run (and no subcommand)
 // ---------------------------------------------------------------------------
-
-/// Removes ANSI escape sequences (`ESC [ … letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address in a `listening on ADDR` log line, text or JSON.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let line = strip_ansi(line);
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    addr.parse().ok()
-}
-
-/// A running `jwtgate` whose stderr is read line by line on a thread.
-struct Server {
-    child: ChildGuard,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    /// Every address logged as `listening on ADDR` so far, in log order.
-    listeners: Vec<SocketAddr>,
-}
-
-impl Server {
-    /// `jwtgate run -c CONFIG`.
-    fn run(config: &Path) -> Server {
-        let mut command = jwtgate();
-        command.args(["run", "-c", config.to_str().unwrap()]);
-        Server::spawn(command)
-    }
-
-    fn spawn(mut command: Command) -> Server {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard(command.spawn().expect("spawn jwtgate"));
-        let stderr = child.0.stderr.take().expect("stderr");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if send.send(text).is_err() {
-                    break;
-                }
-                line.clear();
-            }
-        });
-        Server {
-            child,
-            lines,
-            seen: Vec::new(),
-            listeners: Vec::new(),
-        }
-    }
-
-    /// The next `listening on ADDR` before `deadline`; `None` on timeout or
-    /// when the process closed stderr (exited).
-    fn next_listening(&mut self, deadline: Instant) -> Option<SocketAddr> {
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            let addr = listening_addr(&line);
-            self.seen.push(line);
-            if let Some(addr) = addr {
-                self.listeners.push(addr);
-                return Some(addr);
-            }
-        }
-    }
-
-    /// The first logged listener address for which `accept` holds: among
-    /// those already logged (so the public and the admin listener can be
-    /// asked for in either order), then among those logged before `timeout`.
-    fn listener_where(
-        &mut self,
-        timeout: Duration,
-        mut accept: impl FnMut(SocketAddr) -> bool,
-    ) -> SocketAddr {
-        let deadline = Instant::now() + timeout;
-        let mut tried = Vec::new();
-        for addr in self.listeners.clone() {
-            if accept(addr) {
-                return addr;
-            }
-            tried.push(addr);
-        }
-        while let Some(addr) = self.next_listening(deadline) {
-            if accept(addr) {
-                return addr;
-            }
-            tried.push(addr);
-        }
-        let status = self.child.0.try_wait();
-        panic!(
-            "no suitable listener within {timeout:?} (tried {tried:?}; process status {status:?}); stderr so far:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// Waits (up to `timeout`) for a stderr line for which `wanted` holds,
-    /// among the lines not yet seen; panics with the log when none comes.
-    fn wait_for_line(&mut self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                break;
-            };
-            let line = strip_ansi(&line);
-            self.seen.push(line.clone());
-            if wanted(&line) {
-                return line;
-            }
-        }
-        let status = self.child.0.try_wait();
-        panic!(
-            "no such log line within {timeout:?} (process status {status:?}); stderr so far:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// Sends `SIGHUP` to the process.
-    fn hang_up(&self) {
-        self.signal("HUP");
-    }
-
-    /// The public listener: the one serving the JWKS (SPEC §3 Discovery).
-    fn public_addr(&mut self) -> SocketAddr {
-        self.listener_where(LISTEN_TIMEOUT, |addr| {
-            http_get(addr, "/.well-known/jwks.json").is_some_and(|r| r.status == 200)
-        })
-    }
-
-    /// The admin listener: the one answering `/healthz` (SPEC §3 Admin
-    /// listener; the public listener answers 404 there).
-    fn admin_addr(&mut self) -> SocketAddr {
-        self.listener_where(LISTEN_TIMEOUT, |addr| {
-            http_get(addr, "/healthz")
-                .is_some_and(|r| r.status == 200 && r.body == br#"{"status":"alive"}"#)
-        })
-    }
-
-    /// Sends `signal` (`"TERM"`, `"INT"`, …) to the process.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.0.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed: {status}");
-    }
-
-    /// Waits (up to `timeout`) for the process to exit; its exit code
-    /// (`None` when a signal killed it). Panics with the log on timeout.
-    fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                self.seen
-                    .extend(self.lines.try_iter().map(|l| strip_ansi(&l)));
-                panic!(
-                    "still running {timeout:?} later; stderr so far:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 #[derive(Debug)]
 struct HttpResponse {

@@ -14,12 +14,11 @@
 //! drop, panics included), every wait has a deadline, and every listener is
 //! on port 0. The process helpers are copies of those in `tests/cli.rs`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +26,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_jwtgate");
+#[path = "common/process.rs"]
+mod process;
+
+use process::{jwtgate, run_with_timeout, Server};
 
 /// The client secret of `my-client` (long enough for a `sha256:` hash).
 const SECRET: &str = "a-long-random-client-secret-0123";
@@ -38,8 +40,6 @@ const CLIENT: &str = "my-client";
 
 /// The longest a one-shot command (keygen, hash-secret) may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest `run` may take to log `listening on` and answer.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// SPEC §5 promises a change within 2 s; the tests allow 3 per replica.
 const RELOAD_WAIT: Duration = Duration::from_secs(3);
 /// Socket timeouts of every request the tests send.
@@ -50,78 +50,8 @@ const TRAFFIC_WAIT: Duration = Duration::from_secs(5);
 const TOKEN_REFRESH: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------
-// Process helpers (from tests/cli.rs)
+// Processes (tests/common/process.rs)
 // ---------------------------------------------------------------------------
-
-/// A child process that is killed and reaped when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The binary with a clean, predictable environment.
-fn jwtgate() -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_remove("JWTGATE_CONFIG")
-        .env_remove("JWTGATE_THREADS")
-        .env("RUST_LOG", "info");
-    command
-}
-
-#[derive(Debug)]
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn drain<R: Read + Send + 'static>(mut reader: R) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = reader.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// Runs `command` to completion with `stdin` as its input; panics (killing
-/// the child) if it takes longer than [`COMMAND_TIMEOUT`].
-fn run_with_input(mut command: Command, stdin: &[u8]) -> Output {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut guard = ChildGuard(command.spawn().expect("spawn jwtgate"));
-    let mut input = guard.0.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    // Dropping `input` at the end of the thread closes stdin (EOF).
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let stdout = drain(guard.0.stdout.take().expect("stdout"));
-    let stderr = drain(guard.0.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command:?} did not exit within {COMMAND_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = writer.join();
-    Output {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-    }
-}
 
 /// `jwtgate keygen --alg RS256 --kid KID --out DIR`.
 fn keygen(kid: &str, out: &Path) {
@@ -135,7 +65,7 @@ fn keygen(kid: &str, out: &Path) {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let output = run_with_input(command, b"");
+    let output = run_with_timeout(command, b"", COMMAND_TIMEOUT);
     assert_eq!(output.code, Some(0), "keygen {kid}: {output:#?}");
     assert_eq!(output.stderr, "", "keygen {kid}: {output:#?}");
     assert!(out.join(format!("{kid}.pem")).is_file());
@@ -147,7 +77,7 @@ fn keygen(kid: &str, out: &Path) {
 fn client_secret_hash() -> String {
     let mut command = jwtgate();
     command.arg("hash-secret");
-    let output = run_with_input(command, format!("{SECRET}\n").as_bytes());
+    let output = run_with_timeout(command, format!("{SECRET}\n").as_bytes(), COMMAND_TIMEOUT);
     assert_eq!(output.code, Some(0), "{output:#?}");
     assert_eq!(
         output.stderr, "",
@@ -158,146 +88,12 @@ fn client_secret_hash() -> String {
     hash
 }
 
-/// Removes ANSI escape sequences (`ESC [ … letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address in a `listening on ADDR` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let line = strip_ansi(line);
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    addr.parse().ok()
-}
-
-/// A running `jwtgate` whose stderr is read line by line on a thread.
-struct Server {
-    child: ChildGuard,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    /// Every address logged as `listening on ADDR` so far, in log order.
-    listeners: Vec<SocketAddr>,
-}
-
-impl Server {
-    /// `jwtgate run -c CONFIG --threads 2` (two serving threads: six
-    /// gateways may run at once in this test binary).
-    fn run(config: &Path) -> Server {
-        let mut command = jwtgate();
-        command.args(["run", "-c", config.to_str().unwrap(), "--threads", "2"]);
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard(command.spawn().expect("spawn jwtgate"));
-        let stderr = child.0.stderr.take().expect("stderr");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if send.send(text).is_err() {
-                    break;
-                }
-                line.clear();
-            }
-        });
-        Server {
-            child,
-            lines,
-            seen: Vec::new(),
-            listeners: Vec::new(),
-        }
-    }
-
-    /// The next `listening on ADDR` before `deadline`; `None` on timeout or
-    /// when the process closed stderr (exited).
-    fn next_listening(&mut self, deadline: Instant) -> Option<SocketAddr> {
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let line = self.lines.recv_timeout(left).ok()?;
-            let addr = listening_addr(&line);
-            self.seen.push(strip_ansi(&line));
-            if let Some(addr) = addr {
-                self.listeners.push(addr);
-                return Some(addr);
-            }
-        }
-    }
-
-    /// The first logged listener address for which `accept` holds.
-    fn listener_where(
-        &mut self,
-        timeout: Duration,
-        mut accept: impl FnMut(SocketAddr) -> bool,
-    ) -> SocketAddr {
-        let deadline = Instant::now() + timeout;
-        let mut tried = Vec::new();
-        for addr in self.listeners.clone() {
-            if accept(addr) {
-                return addr;
-            }
-            tried.push(addr);
-        }
-        while let Some(addr) = self.next_listening(deadline) {
-            if accept(addr) {
-                return addr;
-            }
-            tried.push(addr);
-        }
-        let status = self.child.0.try_wait();
-        panic!(
-            "no suitable listener within {timeout:?} (tried {tried:?}; process status {status:?}); stderr so far:\n{}",
-            self.seen.join("\n")
-        );
-    }
-
-    /// The public listener: the one serving the JWKS.
-    fn public_addr(&mut self) -> SocketAddr {
-        self.listener_where(LISTEN_TIMEOUT, |addr| {
-            http_get(addr, "/.well-known/jwks.json").is_ok_and(|r| r.status == 200)
-        })
-    }
-
-    /// The admin listener: the one answering `/healthz`.
-    fn admin_addr(&mut self) -> SocketAddr {
-        self.listener_where(LISTEN_TIMEOUT, |addr| {
-            http_get(addr, "/healthz")
-                .is_ok_and(|r| r.status == 200 && r.body == br#"{"status":"alive"}"#)
-        })
-    }
-
-    /// The last lines of the log so far, access log left out (for failure
-    /// messages).
-    fn log_tail(&mut self) -> String {
-        self.seen
-            .extend(self.lines.try_iter().map(|l| strip_ansi(&l)));
-        let lines: Vec<&str> = self
-            .seen
-            .iter()
-            .map(String::as_str)
-            .filter(|l| !l.contains("jwtgate::access"))
-            .collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
+/// `jwtgate run -c CONFIG --threads 2` (two serving threads: six gateways
+/// may run at once in this test binary).
+fn run_replica(config: &Path) -> Server {
+    let mut command = jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap(), "--threads", "2"]);
+    Server::spawn(command)
 }
 
 // ---------------------------------------------------------------------------
@@ -665,7 +461,7 @@ struct Replica {
 /// One `jwtgate run -c CONFIG` per config; all started before any is
 /// waited for.
 fn start_replicas(configs: &[PathBuf]) -> Vec<Replica> {
-    let servers: Vec<Server> = configs.iter().map(|c| Server::run(c)).collect();
+    let servers: Vec<Server> = configs.iter().map(|c| run_replica(c)).collect();
     servers
         .into_iter()
         .zip(configs)

@@ -79,7 +79,7 @@ pub fn argon2id_secret_hash(secret: &[u8]) -> Result<String, String> {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
