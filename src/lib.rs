@@ -16,6 +16,7 @@ pub mod forward;
 pub mod gateway;
 pub mod jws;
 pub mod keys;
+mod lock;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest;
 
 use crate::config::{ConfigError, ConfigSource};
+use crate::lock::lock;
 use crate::runtime::Runtime;
 use crate::snapshot::Snapshot;
 
@@ -151,10 +152,7 @@ impl Runtime {
     /// [`Runtime::reload`], also returning what the watcher should watch
     /// from now on.
     pub(crate) fn reload_and_scan(&self, trigger: Trigger) -> (Outcome, SourceScan) {
-        let mut last = self
-            .last_scan
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = lock(&self.last_scan);
         let scan = scan(self.config_path.as_deref());
         if trigger == Trigger::FileChange && scan == *last {
             return (Outcome::Unchanged, scan);

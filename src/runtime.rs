@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::ConfigSource;
 use crate::keys::{local, Algorithm, LocalKey};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::reload::{self, SourceScan};
 use crate::snapshot::Snapshot;
@@ -26,10 +27,7 @@ pub struct GeneratedKeys(Mutex<HashMap<(String, Algorithm), Arc<LocalKey>>>);
 
 impl GeneratedKeys {
     pub fn get_or_generate(&self, kid: &str, alg: Algorithm) -> Result<Arc<LocalKey>, String> {
-        let mut keys = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut keys = lock(&self.0);
         if let Some(key) = keys.get(&(kid.to_owned(), alg)) {
             return Ok(key.clone());
         }

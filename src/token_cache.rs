@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use crate::config::TokenCacheConfig;
 use crate::jws::{self, Rejection};
 use crate::keys::{KeySet, Verifier};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 
 /// Independent locks, so concurrent requests rarely wait on each other.
@@ -159,12 +160,6 @@ fn shard_of(token: &str) -> usize {
     tail.iter().fold(0usize, |acc, b| {
         acc.wrapping_mul(31).wrapping_add(usize::from(*b))
     }) % SHARDS
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::lock::lock;
 use crate::reload::{SourceScan, Trigger};
 use crate::runtime::Runtime;
 
@@ -89,7 +90,7 @@ async fn watch_loop(runtime: Arc<Runtime>) {
         else {
             continue;
         };
-        *relevant.lock().unwrap_or_else(|p| p.into_inner()) = RelevantPaths::from(&scan);
+        *lock(&relevant) = RelevantPaths::from(&scan);
         let synced = watched.sync(&mut watcher, &scan.dirs);
         all_watched = synced.complete;
         if synced.moved {
@@ -123,13 +124,7 @@ fn new_watcher(
     notify::recommended_watcher(move |event: notify::Result<Event>| {
         // An error (say, an event queue overflow) may hide a change: rescan.
         let matters = match &event {
-            Ok(event) => {
-                is_a_change(event)
-                    && relevant
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .any_in(&event.paths)
-            }
+            Ok(event) => is_a_change(event) && lock(&relevant).any_in(&event.paths),
             Err(_) => true,
         };
         if matters {
@@ -258,10 +253,7 @@ impl WatchedDirs {
 impl Runtime {
     /// What the last load or reload attempt read.
     fn last_scan(&self) -> SourceScan {
-        self.last_scan
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.last_scan).clone()
     }
 }
 

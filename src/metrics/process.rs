@@ -12,6 +12,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Counter, Gauge, IntGauge};
 
+use crate::lock::lock;
+
 pub struct ProcessCollector {
     descs: Vec<Desc>,
     cpu: Counter,
@@ -84,7 +86,7 @@ impl ProcessCollector {
         let ticks = procfs::ticks_per_second() as f64;
         if let Ok(stat) = process.stat() {
             let cpu = (stat.utime + stat.stime) as f64 / ticks;
-            let mut seen = self.cpu_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = lock(&self.cpu_seen);
             if cpu > *seen {
                 self.cpu.inc_by(cpu - *seen);
                 *seen = cpu;

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::ThrottleConfig;
+use crate::lock::lock;
 
 /// The most keys a table tracks. Past it, expired windows are dropped, then
 /// the oldest windows (see [`Windows::make_room`]).
@@ -112,12 +113,6 @@ impl Throttle {
     pub fn tracked(&self) -> (usize, usize) {
         (lock(&self.by_client).len(), lock(&self.by_address).len())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One fixed window per key.
