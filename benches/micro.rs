@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
 use jwtgate::config::{ConfigSource, TokenCacheConfig};
 use jwtgate::jws::{self, ClaimRules};
+use jwtgate::keys::remote::JwksRegistry;
 use jwtgate::keys::{local, Algorithm, KeySet};
 use jwtgate::metrics::Metrics;
 use jwtgate::router;
@@ -86,7 +87,8 @@ fn routing(c: &mut Criterion) {
         path: None,
         text: yaml,
     };
-    let snapshot = Snapshot::build(&source, &GeneratedKeys::default()).expect("snapshot");
+    let snapshot = Snapshot::build(&source, &GeneratedKeys::default(), &JwksRegistry::default())
+        .expect("snapshot");
     c.bench_function("route/50 routes, last matches", |b| {
         b.iter(|| {
             router::find(

@@ -28,6 +28,9 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// Key sets of external issuers, fetched over HTTP(S) and refreshed.
+    #[serde(default)]
+    pub jwks: Vec<JwksConfig>,
     #[serde(default)]
     pub token_endpoint: Option<TokenEndpointConfig>,
     #[serde(default)]
@@ -66,6 +69,7 @@ impl FileConfig {
         self.keys
             .iter()
             .flat_map(|key| [key.private_key.as_deref(), key.public_key.as_deref()])
+            .chain(self.jwks.iter().map(|jwks| jwks.ca.as_deref()))
             .flatten()
             .collect()
     }
@@ -109,6 +113,38 @@ impl Default for Limits {
             drain_timeout: ConfigDuration(Duration::from_secs(30)),
         }
     }
+}
+
+/// One entry of `jwks:`: an external issuer's JWK Set (RFC 7517), used only
+/// for tokens whose `iss` equals `issuer`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// The JWK Set URL; may be left out with `discovery: true`.
+    #[serde(default)]
+    pub url: Option<String>,
+    pub issuer: String,
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh: ConfigDuration,
+    /// A PEM file of CA certificates trusted for this provider, beside the
+    /// platform's and Mozilla's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Allows `http://` to a non-loopback host (keys could be swapped in
+    /// transit: for test rigs only).
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// Find `jwks_uri` in the issuer's OpenID Connect or RFC 8414 metadata.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Algorithms the set's keys may be used with (a JWK's own `alg`, when
+    /// present, must be one of them). Default: each key type's usual one.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+}
+
+fn default_jwks_refresh() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(600))
 }
 
 /// One entry of `keys:`. Exactly one of `generate`, `private_key`,

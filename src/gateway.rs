@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body_util::BodyExt;
 
@@ -15,6 +15,9 @@ use crate::body::{full, Body, BodyState, LimitedBody};
 use crate::client_addr::client_addr;
 use crate::error::GatewayError;
 use crate::forward::{self, ClientInfo, Upstream, UpstreamClient};
+use crate::jws::{self, AuthFailure};
+use crate::keys::remote::RemoteKeySet;
+use crate::keys::KeySet;
 use crate::metrics::{TokenResult, UpstreamErrorKind};
 use crate::policy::{PolicyInput, Verdict};
 use crate::router;
@@ -187,8 +190,23 @@ async fn route_and_forward<'s>(
         metrics: &runtime.metrics,
         token_cache: &runtime.token_cache,
     };
-    for policy in &route.policies {
-        policy.apply(&input, &mut verdict)?;
+    if let Err(error) = run_chain(route, &input, &mut verdict) {
+        // A `jwks:` issuer may have rotated its keys: one refresh of its set
+        // (shared with every request waiting on the same set, and rate
+        // limited), then the chain once more against the refreshed set.
+        let GatewayError::InvalidToken(rejection) = &error else {
+            return Err(error);
+        };
+        if rejection.reason != AuthFailure::UnknownKey {
+            return Err(error);
+        }
+        match remote_key_set_of(request.headers(), &snapshot.keys) {
+            Some(set) if set.refresh_for_unknown_kid().await => {
+                verdict = Verdict::default();
+                run_chain(route, &input, &mut verdict)?;
+            }
+            _ => return Err(error),
+        }
     }
     exchange.subject = verdict.subject.clone();
 
@@ -235,6 +253,34 @@ async fn route_and_forward<'s>(
             scopes_header,
         )),
     }
+}
+
+fn run_chain(
+    route: &router::Route,
+    input: &PolicyInput<'_>,
+    verdict: &mut Verdict,
+) -> Result<(), GatewayError> {
+    for policy in &route.policies {
+        policy.apply(input, verdict)?;
+    }
+    Ok(())
+}
+
+/// The `jwks:` set the request's bearer token is verified against, if its
+/// `iss` names one. Only read after a refusal, so the request path does not
+/// parse the token twice.
+fn remote_key_set_of(headers: &HeaderMap, keys: &KeySet) -> Option<Arc<RemoteKeySet>> {
+    if keys.remote.is_empty() {
+        return None;
+    }
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let parsed = jws::parse(token.trim_start_matches(' ')).ok()?;
+    let issuer = parsed.claims.get("iss")?.as_str()?;
+    keys.remote.get(issuer).cloned()
 }
 
 fn unix_now() -> u64 {

@@ -210,31 +210,31 @@ impl<'de> Deserialize<'de> for UniqueObject {
     }
 }
 
-/// Step 2: the key, by kid, and the algorithm bound to it.
-pub fn select_key<'k>(
-    token: &ParsedToken<'_>,
-    keys: &'k KeySet,
-) -> Result<&'k Arc<Verifier>, Rejection> {
+/// Step 2: the key, by the token's `iss` (a `jwks:` issuer's set, else the
+/// gateway's own keys) and `kid`, and the algorithm bound to it.
+pub fn select_key(token: &ParsedToken<'_>, keys: &KeySet) -> Result<Arc<Verifier>, Rejection> {
     let Some(alg) = Algorithm::from_name(&token.alg) else {
         return reject(
             AuthFailure::AlgorithmNotAllowed,
             "token algorithm is not allowed",
         );
     };
-    let verifier = keys.select(token.kid.as_deref()).map_err(|e| Rejection {
-        reason: AuthFailure::UnknownKey,
-        description: match e {
-            KeySelectionError::UnknownKid => "token key id is unknown",
-            KeySelectionError::NoKidAndAmbiguous => "token has no key id and several keys apply",
-        },
-    })?;
-    if verifier.alg != alg {
-        return reject(
-            AuthFailure::AlgorithmNotAllowed,
-            "token algorithm does not match its key",
-        );
-    }
-    Ok(verifier)
+    let issuer = token.claims.get("iss").and_then(Value::as_str);
+    keys.select_for(issuer, token.kid.as_deref(), alg)
+        .map_err(|e| match e {
+            KeySelectionError::UnknownKid => Rejection {
+                reason: AuthFailure::UnknownKey,
+                description: "token key id is unknown",
+            },
+            KeySelectionError::NoKidAndAmbiguous => Rejection {
+                reason: AuthFailure::UnknownKey,
+                description: "token has no key id and several keys apply",
+            },
+            KeySelectionError::AlgorithmMismatch => Rejection {
+                reason: AuthFailure::AlgorithmNotAllowed,
+                description: "token algorithm does not match its key",
+            },
+        })
 }
 
 /// Step 3: the signature.
@@ -454,7 +454,7 @@ pub fn verify<'t>(
     let parsed = parse(token)?;
     let verifier = select_key(&parsed, keys)?;
     on_signature_check();
-    check_signature(&parsed, verifier)?;
+    check_signature(&parsed, &verifier)?;
     let identity = check_claims(&parsed, rules, now)?;
     Ok((parsed, identity))
 }

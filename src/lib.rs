@@ -18,6 +18,7 @@ pub mod jws;
 pub mod keys;
 mod lock;
 pub mod metrics;
+pub mod outbound_tls;
 pub mod policy;
 pub mod reload;
 pub mod router;

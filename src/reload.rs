@@ -162,7 +162,7 @@ impl Runtime {
             Some(path) => ConfigSource::read(path),
             None => Ok(ConfigSource::demo()),
         };
-        let built = source.and_then(|source| Snapshot::build(&source, &self.generated));
+        let built = source.and_then(|source| Snapshot::build(&source, &self.generated, &self.jwks));
         let outcome = match built {
             Ok(snapshot) => {
                 self.warn_about_restart_only_changes(&snapshot);
@@ -170,6 +170,7 @@ impl Runtime {
                 self.metrics.add_routes(&snapshot.routes);
                 let cache_config = snapshot.token_cache;
                 self.snapshot.store(Arc::new(snapshot));
+                self.start_key_set_refreshes();
                 // After the swap: an entry a request on the old snapshot adds
                 // later is still refused unless its key is in the new set.
                 self.token_cache.reset(&cache_config);

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::config::ConfigSource;
+use crate::keys::remote::JwksRegistry;
 use crate::keys::{local, Algorithm, LocalKey};
 use crate::lock::lock;
 use crate::metrics::Metrics;
@@ -47,6 +49,10 @@ pub struct Runtime {
     pub(crate) started_listen: SocketAddr,
     pub(crate) started_admin: SocketAddr,
     pub generated: GeneratedKeys,
+    /// `jwks:` providers, kept across reloads while their entry is unchanged.
+    pub jwks: JwksRegistry,
+    /// Where providers' background fetches run; set when serving starts.
+    background: OnceLock<tokio::runtime::Handle>,
     /// Held for the whole of a reload (so a SIGHUP and a file event never
     /// build at once); holds what the last attempt read, so a file event
     /// that changed no content is a no-op.
@@ -68,7 +74,9 @@ impl Runtime {
         // event sees a different hash and reloads, so nothing is missed.
         let scan = reload::scan(source.path.as_deref());
         let generated = GeneratedKeys::default();
-        let snapshot = Snapshot::build(&source, &generated).map_err(|e| e.to_string())?;
+        let jwks = JwksRegistry::default();
+        let snapshot = Snapshot::build(&source, &generated, &jwks).map_err(|e| e.to_string())?;
+        jwks.first_config_loaded();
         let metrics = Metrics::new().map_err(|e| format!("cannot register metrics: {e}"))?;
         metrics.add_routes(&snapshot.routes);
         metrics.last_reload_success.set(reload::unix_now_secs());
@@ -79,6 +87,8 @@ impl Runtime {
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path: source.path,
             generated,
+            jwks,
+            background: OnceLock::new(),
             last_scan: Mutex::new(scan),
             metrics,
             throttle: Throttle::default(),
@@ -99,9 +109,47 @@ impl Runtime {
     }
 
     /// Whether the gateway should get new traffic: a config and its keys are
-    /// loaded (a `Runtime` always has them) and it is not shutting down.
+    /// loaded (a `Runtime` always has them; `jwks:` sets of the starting
+    /// config once fetched) and it is not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst)
+        !self.is_draining() && self.snapshot().keys.remote.values().all(|p| p.is_ready())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Starts background work (remote key set refreshes) on `handle`, and
+    /// waits up to `first_fetch_wait` for each provider's first fetch, so a
+    /// gateway starts serving with its key sets when the providers answer.
+    pub async fn start_background(
+        &self,
+        handle: tokio::runtime::Handle,
+        first_fetch_wait: Duration,
+    ) {
+        let _ = self.background.set(handle);
+        self.start_key_set_refreshes();
+        let snapshot = self.snapshot();
+        for provider in snapshot.keys.remote.values() {
+            if !provider.first_fetch_done(first_fetch_wait).await {
+                tracing::warn!(
+                    issuer = provider.issuer(),
+                    "serving before the JWKS provider answered; its tokens are refused \
+                     and /readyz says 503 until it does"
+                );
+            }
+        }
+    }
+
+    /// Starts the refresh task of every provider of the current snapshot
+    /// not yet running (after a reload added one).
+    pub(crate) fn start_key_set_refreshes(&self) {
+        let Some(handle) = self.background.get() else {
+            return;
+        };
+        for provider in self.snapshot().keys.remote.values() {
+            provider.start(handle, self.metrics.jwks_counters(provider.issuer()));
+        }
     }
 
     /// The config file being served, `None` for the embedded demo.

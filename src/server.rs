@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::forward::{self, UpstreamClient};
 use crate::gateway::{self, Connection};
+use crate::keys::remote::FETCH_TIMEOUT;
 use crate::runtime::Runtime;
 use crate::watch::ConfigWatcher;
 
@@ -239,14 +240,23 @@ impl RunningGateway {
         tracing::info!(listener = "public", "listening on {addr}");
         tracing::info!(listener = "admin", "listening on {admin_addr}");
 
-        let (stop_public, stop) = watch::channel(false);
-        let public = PublicServing::start(public_listener, &runtime, serving, stop)?;
         let (stop_admin, stop) = watch::channel(false);
         let admin = tokio::spawn(crate::admin::serve_admin(
             admin_listener,
             runtime.clone(),
             stop,
         ));
+        // `jwks:` providers are fetched before the first request is accepted
+        // (connections wait in the backlog meanwhile), for a bounded time;
+        // `/readyz` on the admin listener says 503 until they have answered.
+        runtime
+            .start_background(
+                tokio::runtime::Handle::current(),
+                FETCH_TIMEOUT + Duration::from_secs(1),
+            )
+            .await;
+        let (stop_public, stop) = watch::channel(false);
+        let public = PublicServing::start(public_listener, &runtime, serving, stop)?;
         Ok(RunningGateway {
             addr,
             admin_addr,

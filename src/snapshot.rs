@@ -18,6 +18,7 @@ use crate::config::{
     TokenCacheConfig,
 };
 use crate::forward::Upstream;
+use crate::keys::remote::{JwksRegistry, ProviderSettings};
 use crate::keys::{local, Algorithm, KeySet, LocalKey};
 use crate::policy::jwt::JwtPolicy;
 use crate::policy::Policy;
@@ -49,10 +50,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Parses and compiles `source`, reading every key file it names.
-    /// `generated` keeps `generate: true` keys for the life of the process.
+    /// `generated` keeps `generate: true` keys for the life of the process,
+    /// `providers` the `jwks:` key sets (nothing is fetched here: a provider
+    /// starts when its snapshot is put in service).
     pub fn build(
         source: &ConfigSource,
         generated: &GeneratedKeys,
+        providers: &JwksRegistry,
     ) -> Result<Snapshot, ConfigError> {
         let config = source.parse()?;
         let file = source.display_name();
@@ -70,6 +74,19 @@ impl Snapshot {
                 .map_err(|(f, m)| error(format!("keys[{i}].{f}"), m))?;
             keys.insert(key)
                 .map_err(|m| error(format!("keys[{i}].kid"), m))?;
+        }
+
+        for (i, jwks_config) in config.jwks.iter().enumerate() {
+            let settings = ProviderSettings::build(jwks_config, source)
+                .map_err(|(f, m)| error(format!("jwks[{i}].{f}"), m))?;
+            if keys.remote.contains_key(&settings.issuer) {
+                return Err(error(
+                    format!("jwks[{i}].issuer"),
+                    format!("duplicate issuer `{}`", settings.issuer),
+                ));
+            }
+            let provider = providers.get_or_create(settings);
+            keys.remote.insert(provider.issuer().to_owned(), provider);
         }
 
         let token_endpoint = match &config.token_endpoint {

@@ -104,9 +104,10 @@ impl TokenCache {
         if cacheable {
             let hit = lock(shard).entries.get(token).cloned();
             if let Some(hit) = hit {
+                let issuer = hit.claims.get("iss").and_then(Value::as_str);
                 let same_key = keys
-                    .select(hit.kid.as_deref())
-                    .is_ok_and(|current| Arc::ptr_eq(current, &hit.verifier));
+                    .select_for(issuer, hit.kid.as_deref(), hit.verifier.alg)
+                    .is_ok_and(|current| Arc::ptr_eq(&current, &hit.verifier));
                 if same_key {
                     metrics.token_cache_hit();
                     return Ok(hit);
@@ -117,10 +118,10 @@ impl TokenCache {
         let parsed = jws::parse(token)?;
         let verifier = jws::select_key(&parsed, keys)?;
         metrics.signature_checked();
-        jws::check_signature(&parsed, verifier)?;
+        jws::check_signature(&parsed, &verifier)?;
         let verified = Arc::new(VerifiedToken {
             kid: parsed.kid,
-            verifier: verifier.clone(),
+            verifier,
             typ: parsed.typ,
             claims: parsed.claims,
         });

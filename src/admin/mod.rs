@@ -68,6 +68,7 @@ pub fn handle(runtime: &Runtime, method: &Method, path: &str) -> Response<Body> 
     }
     match endpoint {
         Endpoint::Metrics => {
+            runtime.metrics.update_jwks(&runtime.snapshot().keys.remote);
             let mut response = Response::new(full(runtime.metrics.render()));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
@@ -76,7 +77,11 @@ pub fn handle(runtime: &Runtime, method: &Method, path: &str) -> Response<Body> 
         }
         Endpoint::Health => status(StatusCode::OK, "alive"),
         Endpoint::Ready if runtime.is_ready() => status(StatusCode::OK, "ready"),
-        Endpoint::Ready => status(StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        Endpoint::Ready if runtime.is_draining() => {
+            status(StatusCode::SERVICE_UNAVAILABLE, "draining")
+        }
+        // A `jwks:` provider of the starting config has not answered yet.
+        Endpoint::Ready => status(StatusCode::SERVICE_UNAVAILABLE, "waiting_for_key_sets"),
     }
 }
 

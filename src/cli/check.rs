@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use jwtgate::config::ConfigSource;
+use jwtgate::keys::remote::JwksRegistry;
 use jwtgate::runtime::GeneratedKeys;
 use jwtgate::snapshot::Snapshot;
 
@@ -18,8 +19,8 @@ pub struct CheckArgs {
 pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
     use std::fmt::Write;
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
-    let snapshot =
-        Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::build(&source, &GeneratedKeys::default(), &JwksRegistry::default())
+        .map_err(|e| e.to_string())?;
     let signing = snapshot.keys.iter().filter(|k| k.signer.is_some()).count();
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", snapshot.source);

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use jwtgate::config::{ConfigDuration, ConfigSource};
+use jwtgate::keys::remote::JwksRegistry;
 use jwtgate::runtime::GeneratedKeys;
 use jwtgate::snapshot::Snapshot;
 use jwtgate::token::mint::{self, AccessClaims};
@@ -31,8 +32,8 @@ pub struct TokenArgs {
 
 pub fn token(args: TokenArgs) -> Result<ExitCode, String> {
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
-    let snapshot =
-        Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::build(&source, &GeneratedKeys::default(), &JwksRegistry::default())
+        .map_err(|e| e.to_string())?;
     let endpoint = snapshot.token_endpoint.as_ref().ok_or_else(|| {
         format!(
             "{}: token_endpoint: required to know the signing key",

@@ -64,3 +64,186 @@ fn trailing(bytes: &[u8], raw_len: usize, spki_len: usize) -> Result<&[u8], Stri
         len => Err(format!("unexpected public key length {len}")),
     }
 }
+
+/// A usable key read from a remote JWK Set: one verifier per algorithm it
+/// may be used with (a JWK without `alg` may serve several).
+#[derive(Debug)]
+pub struct RemoteJwk {
+    pub kid: Option<String>,
+    pub verifiers: Vec<std::sync::Arc<super::Verifier>>,
+}
+
+/// Reads one member of a JWK Set's `keys` (RFC 7517 §4, RFC 7518 §6,
+/// RFC 8037). `allowed` narrows the algorithms (the `jwks:` entry's
+/// `algorithms`); `None` means each key type's usual algorithm.
+///
+/// Refused (the caller skips the key and uses the rest of the set): a `use`
+/// other than `sig`, `key_ops` without `verify`, an `alg` jwtgate does not
+/// verify or that `allowed` excludes, an unknown `kty` or curve, RSA under
+/// 2048 bits, and malformed key material.
+pub fn parse_remote_jwk(jwk: &Value, allowed: Option<&[Algorithm]>) -> Result<RemoteJwk, String> {
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match jwk.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("`{name}` is not a string")),
+        }
+    };
+    let kid = text("kid")?;
+    if let Some(usage) = text("use")? {
+        if usage != "sig" {
+            return Err(format!("`use` is `{usage}`, not `sig`"));
+        }
+    }
+    if let Some(ops) = jwk.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op == "verify"));
+        if !verifies {
+            return Err("`key_ops` does not include `verify`".to_owned());
+        }
+    }
+    let kty = text("kty")?.ok_or("no `kty`")?;
+    let (kind, public_key) = match kty {
+        "RSA" => (KeyKind::Rsa, rsa_public_key_der(jwk)?),
+        "EC" => match text("crv")? {
+            Some("P-256") => (KeyKind::EcP256, ec_point(jwk, 32)?),
+            Some("P-384") => (KeyKind::EcP384, ec_point(jwk, 48)?),
+            other => return Err(format!("unsupported EC curve {other:?}")),
+        },
+        "OKP" => match text("crv")? {
+            Some("Ed25519") => {
+                let x = coordinate(jwk, "x")?;
+                if x.len() != 32 {
+                    return Err("Ed25519 `x` is not 32 bytes".to_owned());
+                }
+                (KeyKind::Ed25519, x)
+            }
+            other => return Err(format!("unsupported OKP curve {other:?}")),
+        },
+        other => return Err(format!("unsupported key type `{other}`")),
+    };
+    if kind == KeyKind::Rsa {
+        let key = aws_lc_rs::rsa::PublicKey::from_der(&public_key)
+            .map_err(|e| format!("not a valid RSA public key: {e}"))?;
+        check_rsa_bits(key.modulus_len() * 8)?;
+    }
+    let algorithms = algorithms_for(kind, text("alg")?, allowed)?;
+    let mut verifiers = Vec::with_capacity(algorithms.len());
+    for alg in algorithms {
+        let verifier = super::Verifier::new(kid.unwrap_or(""), alg, &public_key)?;
+        verifiers.push(std::sync::Arc::new(verifier));
+    }
+    Ok(RemoteJwk {
+        kid: kid.map(str::to_owned),
+        verifiers,
+    })
+}
+
+/// The algorithms a key of `kind` serves: its own `alg` when it names one,
+/// else the entry's list (those fitting the key type), else the type's
+/// usual algorithm (SPEC §3).
+fn algorithms_for(
+    kind: KeyKind,
+    own: Option<&str>,
+    allowed: Option<&[Algorithm]>,
+) -> Result<Vec<Algorithm>, String> {
+    if let Some(name) = own {
+        let alg = Algorithm::from_name(name).ok_or_else(|| {
+            format!("`alg` `{name}` is not a signature algorithm jwtgate verifies")
+        })?;
+        if alg.key_kind() != kind {
+            return Err(format!("`alg` `{name}` does not fit the key type"));
+        }
+        if allowed.is_some_and(|list| !list.contains(&alg)) {
+            return Err(format!("`alg` `{name}` is not in the entry's `algorithms`"));
+        }
+        return Ok(vec![alg]);
+    }
+    let algorithms: Vec<Algorithm> = match allowed {
+        Some(list) => list
+            .iter()
+            .copied()
+            .filter(|alg| alg.key_kind() == kind)
+            .collect(),
+        None => vec![match kind {
+            KeyKind::Rsa => Algorithm::Rs256,
+            KeyKind::EcP256 => Algorithm::Es256,
+            KeyKind::EcP384 => Algorithm::Es384,
+            KeyKind::Ed25519 => Algorithm::EdDsa,
+        }],
+    };
+    if algorithms.is_empty() {
+        return Err("no algorithm in the entry's `algorithms` fits the key type".to_owned());
+    }
+    Ok(algorithms)
+}
+
+fn coordinate(jwk: &Value, name: &str) -> Result<Vec<u8>, String> {
+    let text = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no `{name}`"))?;
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .map_err(|_| format!("`{name}` is not unpadded base64url"))
+}
+
+/// The uncompressed point `04 || x || y`, each coordinate of exactly `len`
+/// bytes (RFC 7518 §6.2.1.2).
+fn ec_point(jwk: &Value, len: usize) -> Result<Vec<u8>, String> {
+    let (x, y) = (coordinate(jwk, "x")?, coordinate(jwk, "y")?);
+    if x.len() != len || y.len() != len {
+        return Err(format!("EC coordinates are not {len} bytes"));
+    }
+    let mut point = Vec::with_capacity(1 + 2 * len);
+    point.push(0x04);
+    point.extend_from_slice(&x);
+    point.extend_from_slice(&y);
+    Ok(point)
+}
+
+/// PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent
+/// INTEGER }` in DER, from the JWK's `n` and `e`.
+fn rsa_public_key_der(jwk: &Value) -> Result<Vec<u8>, String> {
+    let n = coordinate(jwk, "n")?;
+    let e = coordinate(jwk, "e")?;
+    if n.is_empty() || e.is_empty() || n.len() > 2048 || e.len() > 16 {
+        return Err("RSA `n` or `e` has an impossible length".to_owned());
+    }
+    let mut body = der_unsigned_integer(&n);
+    body.extend(der_unsigned_integer(&e));
+    Ok(der_tagged(0x30, &body))
+}
+
+fn der_unsigned_integer(big_endian: &[u8]) -> Vec<u8> {
+    let start = big_endian
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(big_endian.len() - 1);
+    let digits = &big_endian[start..];
+    let mut content = Vec::with_capacity(digits.len() + 1);
+    if digits[0] & 0x80 != 0 {
+        content.push(0); // keeps the integer positive
+    }
+    content.extend_from_slice(digits);
+    der_tagged(0x02, &content)
+}
+
+fn der_tagged(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(bytes.len() - 1);
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}

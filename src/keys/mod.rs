@@ -8,6 +8,7 @@
 pub mod jwk;
 pub mod local;
 pub mod pem;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -206,12 +207,16 @@ pub struct LocalKey {
     pub signer: Option<Arc<Signer>>,
 }
 
-/// The gateway's own keys (`keys:`), by kid.
+/// Every key the gateway verifies with: its own (`keys:`), by kid, and the
+/// remote sets of external issuers (`jwks:`), by issuer.
 #[derive(Debug, Default)]
 pub struct KeySet {
     by_kid: HashMap<String, Arc<LocalKey>>,
     /// In file order, for the JWKS document.
     order: Vec<String>,
+    /// `jwks:` providers by `issuer`: a token whose `iss` is one of these is
+    /// verified only against that set.
+    pub remote: HashMap<String, Arc<remote::RemoteKeySet>>,
 }
 
 /// Why no verifier could be picked for a token.
@@ -221,6 +226,8 @@ pub enum KeySelectionError {
     UnknownKid,
     /// The token names no kid and the set does not hold exactly one key.
     NoKidAndAmbiguous,
+    /// The key may not be used with the token's algorithm.
+    AlgorithmMismatch,
 }
 
 impl KeySet {
@@ -265,6 +272,26 @@ impl KeySet {
                 .ok_or(KeySelectionError::NoKidAndAmbiguous)?),
             None => Err(KeySelectionError::NoKidAndAmbiguous),
         }
+    }
+
+    /// The verifier for a token with this `iss`, `kid` and `alg` (SPEC §3):
+    /// the issuer's remote set when `iss` names a `jwks:` issuer, else the
+    /// gateway's own keys. The algorithm is the key's; the token's must
+    /// equal it.
+    pub fn select_for(
+        &self,
+        issuer: Option<&str>,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<Verifier>, KeySelectionError> {
+        if let Some(remote) = issuer.and_then(|iss| self.remote.get(iss)) {
+            return remote.keys().select(kid, alg);
+        }
+        let verifier = self.select(kid)?;
+        if verifier.alg != alg {
+            return Err(KeySelectionError::AlgorithmMismatch);
+        }
+        Ok(verifier.clone())
     }
 
     /// Every key in file order.

@@ -11,16 +11,19 @@
 #[cfg(target_os = "linux")]
 mod process;
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::{GatewayError, OAuthErrorCode};
 use crate::jws::AuthFailure;
+use crate::keys::remote::{RefreshCounters, RemoteKeySet};
 use crate::router::Route;
 
 /// The `Content-Type` of the Prometheus text exposition format.
@@ -160,6 +163,8 @@ pub struct Metrics {
     pub(crate) last_reload_success: Gauge,
     token_cache_hits: IntCounter,
     token_cache_misses: IntCounter,
+    jwks_refreshes: IntCounterVec,
+    jwks_age: GaugeVec,
 }
 
 impl Metrics {
@@ -222,6 +227,19 @@ impl Metrics {
             "Token verifications, by verified-token cache result (miss: the signature was checked).",
             &["result"],
         )?;
+        let jwks_refreshes = counter_vec(
+            "jwtgate_jwks_refreshes_total",
+            "Fetches of remote JWK Sets (the first included), by issuer and result.",
+            &["issuer", "result"],
+        )?;
+        let jwks_age = GaugeVec::new(
+            Opts::new(
+                "jwtgate_jwks_age_seconds",
+                "Seconds since the issuer's key set was last fetched successfully (absent until then).",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(jwks_age.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(process::ProcessCollector::new()?))?;
 
@@ -241,7 +259,57 @@ impl Metrics {
             token_requests,
             upstream_errors,
             last_reload_success,
+            jwks_refreshes,
+            jwks_age,
         })
+    }
+
+    /// The refresh counters of one `jwks:` issuer (exported at 0 from now).
+    /// Issuer label values come from the config only.
+    pub fn jwks_counters(&self, issuer: &str) -> RefreshCounters {
+        RefreshCounters {
+            success: self.jwks_refreshes.with_label_values(&[issuer, "success"]),
+            failure: self.jwks_refreshes.with_label_values(&[issuer, "failure"]),
+        }
+    }
+
+    /// Drops the JWKS series of issuers a reload removed, and sets each
+    /// remaining set's age (called before every scrape).
+    pub fn update_jwks(&self, providers: &HashMap<String, Arc<RemoteKeySet>>) {
+        let present = |metric: &prometheus::proto::Metric| {
+            metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "issuer")
+                .map(|l| l.value().to_owned())
+        };
+        for family in self.registry.gather() {
+            let name = family.name();
+            if name != "jwtgate_jwks_refreshes_total" && name != "jwtgate_jwks_age_seconds" {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let Some(issuer) = present(metric) else {
+                    continue;
+                };
+                if providers.contains_key(&issuer) {
+                    continue;
+                }
+                let _ = self.jwks_age.remove_label_values(&[&issuer]);
+                for result in ["success", "failure"] {
+                    let _ = self.jwks_refreshes.remove_label_values(&[&issuer, result]);
+                }
+            }
+        }
+        let now = SystemTime::now();
+        for (issuer, provider) in providers {
+            if let Some(at) = provider.status().last_success {
+                let age = now.duration_since(at).unwrap_or_default();
+                self.jwks_age
+                    .with_label_values(&[issuer])
+                    .set(age.as_secs_f64());
+            }
+        }
     }
 
     /// Exports the per-route counters of `routes` at 0 (a new route's series
