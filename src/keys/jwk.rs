@@ -247,3 +247,115 @@ fn der_tagged(tag: u8, content: &[u8]) -> Vec<u8> {
     out.extend_from_slice(content);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::local;
+
+    /// A key pair's public JWK, as jwtgate publishes it, and a signature.
+    fn published(alg: Algorithm) -> (Value, Vec<u8>) {
+        let key = local::generate("k", alg).unwrap();
+        let signature = key.signer.as_ref().unwrap().sign(b"input").unwrap();
+        (key.verifier.jwk.clone(), signature)
+    }
+
+    #[test]
+    fn published_keys_of_every_type_read_back_and_verify() {
+        for alg in [
+            Algorithm::Rs256,
+            Algorithm::Es256,
+            Algorithm::Es384,
+            Algorithm::EdDsa,
+        ] {
+            let (jwk, signature) = published(alg);
+            let key = parse_remote_jwk(&jwk, None).unwrap();
+            assert_eq!(key.kid.as_deref(), Some("k"));
+            assert_eq!(key.verifiers.len(), 1);
+            assert_eq!(key.verifiers[0].alg, alg);
+            assert!(key.verifiers[0].verify(b"input", &signature), "{alg}");
+            assert!(!key.verifiers[0].verify(b"other", &signature), "{alg}");
+        }
+    }
+
+    #[test]
+    fn without_alg_a_key_serves_its_type_default_or_the_entry_list() {
+        let (mut jwk, _) = published(Algorithm::Rs256);
+        jwk.as_object_mut().unwrap().remove("alg");
+        let algs = |allowed: Option<&[Algorithm]>| -> Vec<Algorithm> {
+            parse_remote_jwk(&jwk, allowed)
+                .unwrap()
+                .verifiers
+                .iter()
+                .map(|v| v.alg)
+                .collect()
+        };
+        assert_eq!(algs(None), [Algorithm::Rs256]);
+        assert_eq!(
+            algs(Some(&[
+                Algorithm::Ps256,
+                Algorithm::Es256,
+                Algorithm::Rs512
+            ])),
+            [Algorithm::Ps256, Algorithm::Rs512]
+        );
+        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es256])).is_err());
+    }
+
+    #[test]
+    fn unusable_keys_are_refused_with_a_reason() {
+        let (jwk, _) = published(Algorithm::Es256);
+        let with = |name: &str, value: Value| {
+            let mut changed = jwk.clone();
+            changed[name] = value;
+            parse_remote_jwk(&changed, None).unwrap_err()
+        };
+        assert!(with("use", json!("enc")).contains("`use`"));
+        assert!(with("key_ops", json!(["encrypt"])).contains("key_ops"));
+        assert!(with("alg", json!("HS256")).contains("HS256"));
+        assert!(with("alg", json!("none")).contains("none"));
+        assert!(with("alg", json!("RS256")).contains("does not fit"));
+        assert!(with("kty", json!("oct")).contains("oct"));
+        assert!(with("crv", json!("P-521")).contains("P-521"));
+        assert!(with("x", json!("AAAA")).contains("32 bytes"));
+        assert!(with("x", json!("not base64!")).contains("base64url"));
+        assert!(with("kid", json!(7)).contains("kid"));
+        // The algorithm list of the entry excludes the key's own alg.
+        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es384]))
+            .unwrap_err()
+            .contains("algorithms"));
+        // A point not on the curve.
+        let mut off_curve = jwk.clone();
+        off_curve["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert!(parse_remote_jwk(&off_curve, None).is_err());
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        // A 1024-bit odd modulus: the size check refuses it, whatever else.
+        let mut n = vec![0xC3u8; 128];
+        n[127] |= 1;
+        let jwk = json!({
+            "kty": "RSA",
+            "kid": "small",
+            "n": URL_SAFE_NO_PAD.encode(&n),
+            "e": "AQAB",
+        });
+        let error = parse_remote_jwk(&jwk, None).unwrap_err();
+        assert!(
+            error.contains("too small") || error.contains("not a valid RSA"),
+            "{error}"
+        );
+        let (big, _) = published(Algorithm::Rs256);
+        assert!(parse_remote_jwk(&big, None).is_ok());
+    }
+
+    #[test]
+    fn der_integers_stay_positive_and_minimal() {
+        assert_eq!(der_unsigned_integer(&[0, 0, 1]), [0x02, 1, 1]);
+        assert_eq!(der_unsigned_integer(&[0x80]), [0x02, 2, 0, 0x80]);
+        assert_eq!(der_unsigned_integer(&[0]), [0x02, 1, 0]);
+        let long = der_tagged(0x30, &[0u8; 300]);
+        assert_eq!(&long[..4], &[0x30, 0x82, 0x01, 0x2C]);
+    }
+}

@@ -822,4 +822,59 @@ mod tests {
         let plain = br#"{"issuer":"https://idp","jwks_uri":"http://idp/certs"}"#;
         assert!(jwks_uri_from_metadata(plain, "https://idp", false).is_err());
     }
+
+    fn es_jwk(kid: &str) -> Value {
+        let key = crate::keys::local::generate(kid, Algorithm::Es256).unwrap();
+        key.verifier.jwk.clone()
+    }
+
+    #[test]
+    fn a_set_skips_unusable_keys_and_selects_by_kid_then_alg() {
+        let mut enc = es_jwk("enc");
+        enc["use"] = serde_json::json!("enc");
+        let good = es_jwk("a");
+        let duplicate = es_jwk("a");
+        let body = serde_json::json!({"keys": [enc, good, duplicate, es_jwk("b")]});
+        let set = JwkSet::parse(body.to_string().as_bytes(), None, &JwkSet::default()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.skipped.len(), 2, "{:?}", set.skipped);
+        assert!(set.skipped[0].contains("keys[0]") && set.skipped[1].contains("duplicate"));
+        assert_eq!(set.select(Some("a"), Algorithm::Es256).unwrap().jwk, good);
+        assert_eq!(
+            set.select(Some("a"), Algorithm::Rs256).unwrap_err(),
+            KeySelectionError::AlgorithmMismatch
+        );
+        assert_eq!(
+            set.select(Some("enc"), Algorithm::Es256).unwrap_err(),
+            KeySelectionError::UnknownKid
+        );
+        assert_eq!(
+            set.select(None, Algorithm::Es256).unwrap_err(),
+            KeySelectionError::NoKidAndAmbiguous
+        );
+    }
+
+    #[test]
+    fn a_set_without_usable_keys_is_an_error_and_unchanged_keys_keep_their_verifier() {
+        let empty = JwkSet::parse(br#"{"keys":[]}"#, None, &JwkSet::default());
+        assert!(empty.unwrap_err().contains("no keys"));
+        assert!(JwkSet::parse(b"[]", None, &JwkSet::default()).is_err());
+        assert!(JwkSet::parse(b"<html>", None, &JwkSet::default()).is_err());
+
+        let (a, b) = (es_jwk("a"), es_jwk("b"));
+        let first = serde_json::json!({"keys": [a.clone()]}).to_string();
+        let first = JwkSet::parse(first.as_bytes(), None, &JwkSet::default()).unwrap();
+        let second = serde_json::json!({"keys": [a, b]}).to_string();
+        let second = JwkSet::parse(second.as_bytes(), None, &first).unwrap();
+        let before = first.select(Some("a"), Algorithm::Es256).unwrap();
+        let after = second.select(Some("a"), Algorithm::Es256).unwrap();
+        assert!(Arc::ptr_eq(&before, &after), "same JWK, same verifier");
+        // A kid reused for a different key gets a new verifier.
+        let reused = serde_json::json!({"keys": [es_jwk("a")]}).to_string();
+        let third = JwkSet::parse(reused.as_bytes(), None, &second).unwrap();
+        let replaced = third.select(Some("a"), Algorithm::Es256).unwrap();
+        assert!(!Arc::ptr_eq(&after, &replaced));
+        // Without a kid, only when the set holds exactly one key.
+        assert!(third.select(None, Algorithm::Es256).is_ok());
+    }
 }
