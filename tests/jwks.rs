@@ -552,3 +552,83 @@ async fn reload_adds_and_removes_providers() {
     };
     assert!(error.to_string().contains("jwks[0].url"), "{error}");
 }
+
+/// A private CA and a `localhost` certificate it signed: `(ca_pem,
+/// server_config)`.
+fn private_tls() -> (String, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
+/// The provider's key set over HTTPS on `localhost`, with a certificate
+/// from a private CA; returns its port.
+async fn https_provider(keys: Vec<Value>, tls: Arc<rustls::ServerConfig>) -> u16 {
+    let state = Arc::new(ProviderState::default());
+    *state.keys.lock().unwrap() = keys;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, state) = (acceptor.clone(), state.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&state, request.uri().path()).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_provider_is_trusted_through_its_ca_file_only() {
+    let (ca_pem, tls) = private_tls();
+    let port = https_provider(vec![es_jwk(0, "k")], tls).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_path = ca_dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let issuer = "https://idp.internal";
+    let token = es_token(0, "k", issuer);
+
+    let trusted = format!(
+        "  - {{url: \"https://localhost:{port}/certs\", issuer: \"{issuer}\", ca: \"{}\"}}\n",
+        ca_path.display()
+    );
+    let gw = gateway(&trusted).await;
+    assert_accepted(&call(&gw, &token).await);
+
+    // Without the CA file the certificate is not trusted: nothing fetched.
+    let untrusted =
+        format!("  - {{url: \"https://localhost:{port}/certs\", issuer: \"{issuer}\"}}\n");
+    let gw = gateway(&untrusted).await;
+    assert_refused(&call(&gw, &token).await, "token key id is unknown");
+    assert_eq!(metric(&gw, &refreshes(issuer, "success")).await, Some(0.0));
+    assert!(metric(&gw, &refreshes(issuer, "failure")).await.unwrap() >= 1.0);
+}

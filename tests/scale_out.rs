@@ -1094,3 +1094,107 @@ fn a_key_rotation_rolled_across_three_replicas_one_at_a_time_refuses_no_request(
         assert_eq!(reload_counts(replica.admin), (3, 0), "replica {}", j + 1);
     }
 }
+
+/// The value of one sample on an admin listener's `/metrics`.
+fn metric_value(admin: SocketAddr, sample: &str) -> Option<f64> {
+    let response = http_get(admin, "/metrics").expect("GET /metrics");
+    let text = String::from_utf8_lossy(&response.body).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// One central jwtgate issues tokens (token endpoint only); another protects
+/// a route with `jwks:` pointing at the first's `/.well-known/jwks.json`.
+/// The second accepts the first's tokens, and after a signing-key rotation
+/// on the first it accepts the new tokens without a restart — with exactly
+/// one extra fetch of the issuer's key set.
+#[test]
+fn a_verify_only_gateway_follows_the_issuing_gateway_through_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    keygen("k1", &keys);
+    keygen("k2", &keys);
+    let secret_hash = client_secret_hash();
+    let issuer_yaml = |keys: &str, signing_key: &str| {
+        format!(
+            "listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+keys:
+{keys}token_endpoint:
+  path: /oauth2/token
+  issuer: {ISSUER}
+  signing_key: {signing_key}
+  ttl: 300s
+  audience: demo-resource
+  clients:
+    - id: {CLIENT}
+      secret_hash: \"{secret_hash}\"
+      scopes: [read, write]
+"
+        )
+    };
+    let k1 = "  - {kid: k1, alg: RS256, private_key: keys/k1.pem}\n";
+    let k2 = "  - {kid: k2, alg: RS256, private_key: keys/k2.pem}\n";
+    let issuer_config = dir.path().join("issuer.yaml");
+    std::fs::write(&issuer_config, issuer_yaml(k1, "k1")).unwrap();
+    let mut issuer = run_replica(&issuer_config);
+    let issuer_addr = issuer.public_addr();
+    let _ = issuer.admin_addr();
+
+    let verifier_config = dir.path().join("verifier.yaml");
+    std::fs::write(
+        &verifier_config,
+        format!(
+            "listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+keys: []
+jwks:
+  - url: http://{issuer_addr}/.well-known/jwks.json
+    issuer: {ISSUER}
+    refresh: 10m
+routes:
+  - name: api
+    match: {{path_prefix: /api}}
+    upstream: demo
+    policies:
+      - jwt: {{audience: demo-resource, issuer: \"{ISSUER}\", scopes: [read]}}
+"
+        ),
+    )
+    .unwrap();
+    let mut verifier = run_replica(&verifier_config);
+    let verifier_addr = verifier.public_addr();
+    let verifier_admin = verifier.admin_addr();
+    let fetches = |result: &str| {
+        metric_value(
+            verifier_admin,
+            &format!("jwtgate_jwks_refreshes_total{{issuer=\"{ISSUER}\",result=\"{result}\"}}"),
+        )
+    };
+    assert_eq!(fetches("success"), Some(1.0), "fetched before serving");
+    let ready = http_get(verifier_admin, "/readyz").unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.describe());
+
+    let old = issue(issuer_addr);
+    assert_eq!(kid_of(&old), "k1");
+    assert_accepted(verifier_addr, &old, "a token of the issuing gateway");
+
+    // The issuer rotates: k2 published and signing in one step (the unsafe
+    // order for replicas sharing keys, but the verifier must cope: it
+    // refreshes on the unknown kid).
+    replace_file(&issuer_config, &issuer_yaml(&format!("{k1}{k2}"), "k2"));
+    let deadline = Instant::now() + RELOAD_WAIT;
+    let new = loop {
+        let token = issue(issuer_addr);
+        if kid_of(&token) == "k2" {
+            break token;
+        }
+        assert!(Instant::now() < deadline, "the issuer did not rotate");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_accepted(verifier_addr, &new, "a token signed after the rotation");
+    assert_eq!(fetches("success"), Some(2.0), "exactly one extra fetch");
+    assert_accepted(verifier_addr, &old, "k1 is still published");
+    assert_eq!(fetches("failure"), Some(0.0));
+}
