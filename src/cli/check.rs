@@ -36,6 +36,22 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
         signing,
         snapshot.keys.len() - signing
     );
+    let mut providers: Vec<_> = snapshot.keys.remote.values().collect();
+    providers.sort_by(|a, b| a.issuer().cmp(b.issuer()));
+    for provider in providers {
+        let settings = provider.settings();
+        let source = match &settings.url {
+            Some(url) => url.to_string(),
+            None => "discovery".to_owned(),
+        };
+        // Not fetched: `check` never opens a connection.
+        let _ = writeln!(
+            out,
+            "  jwks for issuer {}: {source}, refresh {}s (not fetched by check)",
+            settings.issuer,
+            settings.refresh.as_secs()
+        );
+    }
     match &snapshot.token_endpoint {
         Some(endpoint) => {
             let _ = writeln!(
