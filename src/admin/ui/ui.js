@@ -144,7 +144,7 @@ function renderExplanation(x) {
   }
   fill($("steps").tBodies[0], x.steps.map((s, i) => {
     const why = [s.description, s.detail].filter(Boolean).join(" — ") ||
-      (s.result === "not_reached" ? "not reached" : "");
+      "";
     const tr = row([i + 1, s.step, s.result === "not_reached" ? "not reached" : s.result, why]);
     tr.className = s.result;
     return tr;
