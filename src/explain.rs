@@ -234,13 +234,6 @@ pub fn explain(snapshot: &Snapshot, route: &Route, token: &str, now: u64) -> Exp
     if route.policies.is_empty() {
         notes.push("the route has no policies: every request is forwarded".to_owned());
     }
-    if snapshot.keys.iter().any(|k| k.verifier.source.contains("generate: true")) {
-        notes.push(
-            "keys with `generate: true` are made afresh by every process: a token \
-             issued by a running gateway does not verify here (nor after its restart)"
-                .to_owned(),
-        );
-    }
     if accepted {
         notes.push(match &route.upstream {
             Upstream::Demo { .. } => {

@@ -491,7 +491,10 @@ pub fn check_claim_set_traced(
         let token = match issuer {
             Ok(Some(iss)) => format!("token iss `{iss}`"),
             Ok(None) => "token has no iss".to_owned(),
-            Err(_) => format!("token iss is {}", claims.get("iss").map_or(String::new(), |v| v.to_string())),
+            Err(_) => format!(
+                "token iss is {}",
+                claims.get("iss").map_or(String::new(), |v| v.to_string())
+            ),
         };
         match &rules.issuer {
             Some(required) => format!("route requires iss `{required}`; {token}"),
@@ -532,7 +535,9 @@ pub fn check_claim_set_traced(
         format!(
             "route accepts aud {}; token aud {}",
             quoted_list(&rules.audiences),
-            claims.get("aud").map_or("absent".to_owned(), Value::to_string)
+            claims
+                .get("aud")
+                .map_or("absent".to_owned(), Value::to_string)
         )
     })?;
 
@@ -754,7 +759,12 @@ pub fn check_signature_traced<'t, 'k>(
         trace,
         Step::Signature,
         check_signature(&parsed, verifier),
-        || format!("{} signature checked with key `{}`", verifier.alg, verifier.kid),
+        || {
+            format!(
+                "{} signature checked with key `{}`",
+                verifier.alg, verifier.kid
+            )
+        },
     )?;
     Ok((parsed, verifier))
 }
@@ -937,5 +947,127 @@ mod tests {
         )
         .unwrap();
         assert_eq!(custom.scopes, vec!["p:1"]);
+    }
+
+    /// Records steps, for the tests below.
+    #[derive(Default)]
+    struct Steps(Vec<(Step, Option<AuthFailure>, String)>);
+
+    impl Trace for Steps {
+        fn step(
+            &mut self,
+            step: Step,
+            outcome: Result<(), &Rejection>,
+            detail: impl FnOnce() -> String,
+        ) {
+            self.0
+                .push((step, outcome.err().map(|r| r.reason), detail()));
+        }
+    }
+
+    /// The traced claim checks decide exactly as the untraced ones, and the
+    /// last step recorded is the one that failed (checks stop there).
+    #[test]
+    fn the_trace_sees_the_enforced_decision_and_stops_at_the_failure() {
+        let mut r = rules();
+        r.issuer = Some("https://gw".into());
+        r.typ = Some(normalise_typ("at+jwt"));
+        for (payload, failing) in [
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","sub":"me"}"#,
+                None,
+            ),
+            (
+                r#"{"aud":"api","iss":"https://gw"}"#,
+                Some(Step::TimeClaims),
+            ),
+            (
+                r#"{"aud":"api","exp":999000,"iss":"https://gw"}"#,
+                Some(Step::Expiry),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"nbf":1000031,"iss":"https://gw"}"#,
+                Some(Step::NotBefore),
+            ),
+            (r#"{"aud":"api","exp":2000000,"iss":7}"#, Some(Step::Issuer)),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://evil"}"#,
+                Some(Step::Issuer),
+            ),
+            (
+                r#"{"aud":"x","exp":2000000,"iss":"https://gw"}"#,
+                Some(Step::Audience),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","sub":5}"#,
+                Some(Step::Subject),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","scp":7}"#,
+                Some(Step::Scopes),
+            ),
+        ] {
+            let token = format!(
+                "{}.{}.AAAA",
+                b64(r#"{"alg":"RS256","typ":"at+jwt"}"#),
+                b64(payload)
+            );
+            let parsed = parse(&token).unwrap();
+            let enforced = check_claim_set(parsed.typ.as_deref(), &parsed.claims, &r, 1_000_000);
+            let mut steps = Steps::default();
+            let traced = check_claim_set_traced(
+                parsed.typ.as_deref(),
+                &parsed.claims,
+                &r,
+                1_000_000,
+                &mut steps,
+            );
+            assert_eq!(enforced, traced, "{payload}");
+            let (last, reason, _) = steps.0.last().unwrap();
+            match failing {
+                None => assert!(steps.0.iter().all(|(_, r, _)| r.is_none()), "{payload}"),
+                Some(step) => {
+                    assert_eq!(*last, step, "{payload}");
+                    assert_eq!(*reason, Some(enforced.unwrap_err().reason), "{payload}");
+                    let failures = steps.0.iter().filter(|(_, r, _)| r.is_some()).count();
+                    assert_eq!(failures, 1, "{payload}");
+                }
+            }
+        }
+        // Times are explained relative to now, with the leeway.
+        let token = format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","typ":"at+jwt"}"#),
+            b64(r#"{"aud":"api","exp":999900,"iss":"https://gw"}"#)
+        );
+        let parsed = parse(&token).unwrap();
+        let mut steps = Steps::default();
+        let _ = check_claim_set_traced(
+            parsed.typ.as_deref(),
+            &parsed.claims,
+            &r,
+            1_000_000,
+            &mut steps,
+        );
+        let exp = &steps
+            .0
+            .iter()
+            .find(|(s, _, _)| *s == Step::Expiry)
+            .unwrap()
+            .2;
+        assert_eq!(
+            exp,
+            "exp 1970-01-12T13:45:00Z (1m 40s ago), leeway 30s, now 1970-01-12T13:46:40Z"
+        );
+    }
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc_time(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_796_414_539.0), "2026-12-04T20:02:19Z");
+        assert_eq!(human_duration(3725.0), "1h 2m 5s");
+        assert_eq!(relative_time(90.0, 100), "10s ago");
+        assert_eq!(relative_time(160.0, 100), "in 1m 0s");
     }
 }

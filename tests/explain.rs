@@ -273,7 +273,10 @@ async fn each_case_names_its_failing_step_and_matches_the_running_gateway() {
             "{name}: explain changed metrics or the token cache"
         );
 
-        assert_eq!(explained.failed_step, case.failed_step, "{name}: {explained:#?}");
+        assert_eq!(
+            explained.failed_step, case.failed_step,
+            "{name}: {explained:#?}"
+        );
         assert_eq!(explained.verdict, case.verdict, "{name}");
         assert_eq!(explained.accepted, case.failed_step.is_none(), "{name}");
         // The failing step is the last one run: everything after it is
@@ -305,7 +308,12 @@ async fn each_case_names_its_failing_step_and_matches_the_running_gateway() {
         let seen_before = up.count();
         let auth = format!("Bearer {}", case.token);
         let answer = get(&gw.url(case.path), &[("authorization", &auth)]).await;
-        assert_eq!(answer.status.as_u16(), case.status, "{name}: {:?}", answer.body);
+        assert_eq!(
+            answer.status.as_u16(),
+            case.status,
+            "{name}: {:?}",
+            answer.body
+        );
         match &explained.refusal {
             Some(refusal) => {
                 assert_eq!(refusal.status, answer.status.as_u16(), "{name}");
@@ -383,7 +391,11 @@ async fn a_valid_token_is_explained_with_its_key_claims_and_upstream_headers() {
     );
     // Times are given relative to now, with the leeway.
     let exp = x.steps.iter().find(|s| s.step == "exp").unwrap();
-    assert!(exp.detail.contains("(in 4m") || exp.detail.contains("(in 5m"), "{}", exp.detail);
+    assert!(
+        exp.detail.contains("(in 4m") || exp.detail.contains("(in 5m"),
+        "{}",
+        exp.detail
+    );
     assert!(exp.detail.contains("leeway 30s"), "{}", exp.detail);
 }
 
@@ -398,7 +410,11 @@ async fn an_expired_token_reports_how_long_ago_and_the_unknown_kid_the_keys_held
     );
     let step = expired.steps.iter().find(|s| s.step == "exp").unwrap();
     assert_eq!(step.result, "fail");
-    assert!(step.detail.contains("1m 40s ago") || step.detail.contains("1m 41s ago"), "{}", step.detail);
+    assert!(
+        step.detail.contains("1m 40s ago") || step.detail.contains("1m 41s ago"),
+        "{}",
+        step.detail
+    );
     assert_eq!(step.description, Some("token has expired"));
 
     let unknown = explain_on(
@@ -460,7 +476,9 @@ async fn the_cli_exits_0_when_accepted_1_when_refused_like_the_gateway() {
                     output.stdout
                 );
                 assert!(
-                    output.stdout.contains(&format!("REFUSED ({})", case.verdict)),
+                    output
+                        .stdout
+                        .contains(&format!("REFUSED ({})", case.verdict)),
                     "{name}: {}",
                     output.stdout
                 );
@@ -473,7 +491,11 @@ async fn the_cli_exits_0_when_accepted_1_when_refused_like_the_gateway() {
             None => assert!(output.stdout.contains("verdict  ACCEPTED"), "{name}"),
         }
         // The JSON form says the same, and the gateway agrees with it.
-        let json_out = cli(&config, &["--json", "--route", case.route, &case.token], b"");
+        let json_out = cli(
+            &config,
+            &["--json", "--route", case.route, &case.token],
+            b"",
+        );
         assert_eq!(json_out.code, Some(expected), "{name}");
         let x: Value = serde_json::from_str(&json_out.stdout).unwrap();
         assert_eq!(x["verdict"], case.verdict, "{name}");
@@ -504,7 +526,11 @@ async fn the_cli_reads_the_token_from_stdin_and_routes_by_method_path_and_host()
         stdin.as_bytes(),
     );
     assert_eq!(output.code, Some(1), "{output:?}");
-    assert!(output.stdout.starts_with("route    orders "), "{}", output.stdout);
+    assert!(
+        output.stdout.starts_with("route    orders "),
+        "{}",
+        output.stdout
+    );
     assert!(output.stdout.contains("REFUSED (expired) at step `exp`"));
     assert!(output.stdout.contains(
         r#"WWW-Authenticate: Bearer realm="jwtgate", error="invalid_token", error_description="token has expired""#
@@ -516,10 +542,18 @@ async fn the_cli_reads_the_token_from_stdin_and_routes_by_method_path_and_host()
         b"",
     );
     assert_eq!(output.code, Some(2), "{output:?}");
-    assert!(output.stderr.contains("no route matches DELETE /orders/7"), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("no route matches DELETE /orders/7"),
+        "{}",
+        output.stderr
+    );
     // The token itself is never printed.
     let valid = gw_token(&claims(json!({})));
-    let output = cli(&config, &["--path", "/orders", "--host", "any.example"], valid.as_bytes());
+    let output = cli(
+        &config,
+        &["--path", "/orders", "--host", "any.example"],
+        valid.as_bytes(),
+    );
     assert_eq!(output.code, Some(0), "{output:?}");
     assert!(!output.stdout.contains(&valid));
     assert!(!output.stderr.contains(&valid));
@@ -537,14 +571,26 @@ async fn the_cli_exits_2_on_config_and_usage_errors() {
     std::fs::write(&broken, "routes: [").unwrap();
     let bad_config = cli(&broken, &["--route", "orders", &token], b"");
     assert_eq!(bad_config.code, Some(2), "{bad_config:?}");
-    assert!(bad_config.stderr.contains("broken.yaml"), "{}", bad_config.stderr);
+    assert!(
+        bad_config.stderr.contains("broken.yaml"),
+        "{}",
+        bad_config.stderr
+    );
 
-    let absent = cli(&gw.dir.path().join("absent.yaml"), &["--route", "orders", &token], b"");
+    let absent = cli(
+        &gw.dir.path().join("absent.yaml"),
+        &["--route", "orders", &token],
+        b"",
+    );
     assert_eq!(absent.code, Some(2), "{absent:?}");
 
     let no_route_arg = cli(&gw.config_path(), &[&token], b"");
     assert_eq!(no_route_arg.code, Some(2), "{no_route_arg:?}");
-    let both = cli(&gw.config_path(), &["--route", "orders", "--path", "/x", &token], b"");
+    let both = cli(
+        &gw.config_path(),
+        &["--route", "orders", "--path", "/x", &token],
+        b"",
+    );
     assert_eq!(both.code, Some(2), "{both:?}");
 }
 
@@ -606,7 +652,10 @@ async fn api_status_shows_routes_keys_jwks_reload_and_live_counters() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert_eq!(routes, vec!["orders", "issuer", "public"]);
-    assert_eq!(doc["routes"][0]["policies"][0]["scopes"], json!(["read", "write"]));
+    assert_eq!(
+        doc["routes"][0]["policies"][0]["scopes"],
+        json!(["read", "write"])
+    );
     assert_eq!(doc["routes"][0]["upstream"], format!("http://{}", _up.addr));
     assert_eq!(doc["routes"][2]["policies"], json!([]));
     let kids: Vec<(&str, &str, bool)> = doc["keys"]
@@ -641,7 +690,10 @@ async fn api_status_shows_routes_keys_jwks_reload_and_live_counters() {
     assert_eq!(orders["auth_failures"]["wrong_audience"], 0);
     // Nothing secret: no key material.
     let text = String::from_utf8_lossy(&body);
-    assert!(!text.contains("PRIVATE KEY") && !text.contains("\"n\":"), "{text}");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("\"n\":"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -658,7 +710,11 @@ async fn api_explain_answers_the_same_explanation_for_the_admin_origin_only() {
 
     for headers in [
         vec![("host", host.as_str()), json_type],
-        vec![("host", host.as_str()), json_type, ("origin", origin.as_str())],
+        vec![
+            ("host", host.as_str()),
+            json_type,
+            ("origin", origin.as_str()),
+        ],
         vec![("host", localhost.as_str()), json_type],
         vec![
             ("host", host.as_str()),
@@ -820,11 +876,17 @@ async fn the_page_is_served_from_the_binary_under_a_strict_csp() {
         assert_eq!(answer.header("cache-control"), Some("no-store"));
         // Nothing from another origin.
         let text = String::from_utf8_lossy(&answer.body);
-        assert!(!text.contains("http://") && !text.contains("https://"), "{path}");
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{path}"
+        );
     }
     let page = get(&gw.admin_url("/"), &[("host", &host)]).await;
     let html = String::from_utf8_lossy(&page.body);
-    assert!(!html.contains("<script>") && !html.contains("style="), "no inline code");
+    assert!(
+        !html.contains("<script>") && !html.contains("style="),
+        "no inline code"
+    );
     assert!(html.contains(r#"<script src="/ui.js" defer></script>"#));
     // A foreign Host is refused on the page too.
     let rebound = get(&gw.admin_url("/"), &[("host", "evil.example:9901")]).await;

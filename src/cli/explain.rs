@@ -82,7 +82,19 @@ fn run(args: ExplainArgs) -> Result<ExitCode, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let explanation = explain::explain(&snapshot, route, &token, now);
+    let mut explanation = explain::explain(&snapshot, route, &token, now);
+    if snapshot
+        .keys
+        .iter()
+        .any(|k| k.verifier.source.contains("generate: true"))
+    {
+        explanation.notes.push(
+            "this config has `generate: true` keys, made afresh by every process: a token \
+             issued by a running gateway with them does not verify here (use that \
+             gateway's admin token inspector)"
+                .to_owned(),
+        );
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&explanation)
             .map_err(|e| format!("cannot encode the explanation: {e}"))?;

@@ -336,10 +336,12 @@ impl Metrics {
                         .unwrap_or_default()
                 };
                 let route = label("route");
-                let entry = routes.entry(route.clone()).or_insert_with(|| RouteCounters {
-                    route,
-                    ..RouteCounters::default()
-                });
+                let entry = routes
+                    .entry(route.clone())
+                    .or_insert_with(|| RouteCounters {
+                        route,
+                        ..RouteCounters::default()
+                    });
                 let value = metric.get_counter().get_value() as u64;
                 if is_requests {
                     entry.requests += value;
