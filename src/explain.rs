@@ -195,7 +195,9 @@ impl Trace for Recorder {
 pub fn explain(snapshot: &Snapshot, route: &Route, token: &str, now: u64) -> Explanation {
     let mut notes = Vec::new();
     let mut headers = HeaderMap::new();
-    match HeaderValue::from_str(&format!("Bearer {token}")) {
+    // As received: HTTP drops whitespace around a header value.
+    let value = format!("Bearer {token}");
+    match HeaderValue::from_str(value.trim_end_matches([' ', '\t'])) {
         Ok(value) => {
             headers.insert(AUTHORIZATION, value);
         }

@@ -211,6 +211,14 @@ fn cases() -> Vec<Case> {
             401,
         ),
         case(
+            "a valid token with trailing whitespace (HTTP drops it)",
+            format!("{good} \t"),
+            "orders",
+            None,
+            "accepted",
+            200,
+        ),
+        case(
             "a token with a space",
             format!("{good} x"),
             "orders",

@@ -184,7 +184,10 @@ fn explain_response(runtime: &Runtime, body: &[u8]) -> Response<Body> {
     }
 }
 
-/// The `/api/status` document.
+/// The `/api/status` document. `jwks` is a list the page renders as
+/// `{"issuer", "url", "keys": [{"kid", "alg"}], "last_refresh": {"result",
+/// "at", "error"} | null, "age_secs"}`; empty, it says "no JWKS providers
+/// configured".
 pub fn status(runtime: &Runtime, admin: SocketAddr) -> Value {
     let snapshot = runtime.snapshot();
     let now = unix_now();
