@@ -702,6 +702,35 @@ async fn api_status_shows_routes_keys_jwks_reload_and_live_counters() {
         !text.contains("PRIVATE KEY") && !text.contains("\"n\":"),
         "{text}"
     );
+
+    // A failed reload shows, with its reason; the config shown is the one
+    // still serving.
+    std::fs::write(gw.config_path(), "routes: [").unwrap();
+    let outcome = tokio::task::spawn_blocking({
+        let runtime = runtime.clone();
+        move || runtime.reload(jwtgate::reload::Trigger::Signal)
+    })
+    .await
+    .unwrap();
+    assert!(matches!(outcome, jwtgate::reload::Outcome::Failed(_)));
+    let (_, _, body) = admin(
+        &runtime,
+        addr,
+        Method::GET,
+        "/api/status",
+        &[("host", &host)],
+        b"",
+    )
+    .await;
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["reload"]["result"], "failure");
+    // (The file watcher may have seen the write first: one or two.)
+    assert!(doc["reload"]["failures"].as_u64().unwrap() >= 1);
+    assert!(doc["reload"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("gateway.yaml"));
+    assert_eq!(doc["routes"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
