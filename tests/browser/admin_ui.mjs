@@ -63,6 +63,9 @@ const browser = await chromium.launch({
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+    "--disable-quic",
+    "--disable-sync",
+    "--no-first-run",
   ],
   timeout: 60000,
 });
