@@ -41,6 +41,10 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+    /// Serve the status page, `/api/status` and the token inspector
+    /// (`/api/explain`) on the admin listener.
+    #[serde(default)]
+    pub admin_ui: bool,
 }
 
 /// `token_cache`: the verified-token cache. `max_entries: 0` turns it off.

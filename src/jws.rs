@@ -96,6 +96,115 @@ fn reject<T>(reason: AuthFailure, description: &'static str) -> Result<T, Reject
     })
 }
 
+/// One check of the token pipeline, in the order the checks run. The names
+/// (`as_str`) are what `jwtgate explain` and the admin API report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Exactly one `Authorization: Bearer <token>`.
+    Authorization,
+    /// Compact serialisation, base64url JSON header and payload.
+    Syntax,
+    /// The key, by `kid`, in the gateway's key set.
+    KeySelection,
+    /// The token's `alg` against the key's algorithm.
+    Algorithm,
+    Signature,
+    /// The route's required `typ`, when it sets one.
+    Type,
+    /// `exp` present; `exp`, `nbf`, `iat` numbers in 0…2^53.
+    TimeClaims,
+    Expiry,
+    NotBefore,
+    Issuer,
+    Audience,
+    Subject,
+    /// The scope claim is a string or a list of strings.
+    Scopes,
+    /// One required scope (reported once per scope).
+    Scope,
+    /// The identity headers can be built from the claims.
+    Inject,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Authorization => "authorization",
+            Step::Syntax => "syntax",
+            Step::KeySelection => "key",
+            Step::Algorithm => "algorithm",
+            Step::Signature => "signature",
+            Step::Type => "typ",
+            Step::TimeClaims => "time_claims",
+            Step::Expiry => "exp",
+            Step::NotBefore => "nbf",
+            Step::Issuer => "iss",
+            Step::Audience => "aud",
+            Step::Subject => "sub",
+            Step::Scopes => "scopes",
+            Step::Scope => "scope",
+            Step::Inject => "inject",
+        }
+    }
+}
+
+/// Observes each check as it runs: enforcement passes [`NoTrace`] (every
+/// call compiles away, `detail` is never built), `explain` passes a
+/// recorder. Checks report in order and enforcement still stops at the first
+/// failure, so a recorder sees exactly the checks a request would run.
+pub trait Trace {
+    /// `outcome` is the check's result; `detail` says what was compared
+    /// (claim values, times relative to now, leeway) and is only called by
+    /// recorders.
+    fn step(
+        &mut self,
+        step: Step,
+        outcome: Result<(), &Rejection>,
+        detail: impl FnOnce() -> String,
+    );
+}
+
+/// The enforcement path's trace: records nothing.
+pub struct NoTrace;
+
+impl Trace for NoTrace {
+    #[inline(always)]
+    fn step(&mut self, _: Step, _: Result<(), &Rejection>, _: impl FnOnce() -> String) {}
+}
+
+/// Reports `result` as `step` and passes it on.
+pub fn traced<T>(
+    trace: &mut impl Trace,
+    step: Step,
+    result: Result<T, Rejection>,
+    detail: impl FnOnce() -> String,
+) -> Result<T, Rejection> {
+    trace.step(step, result.as_ref().map(|_| ()), detail);
+    result
+}
+
+/// `seconds` as `5m 3s ago` / `in 2h 1m`, relative to now.
+pub fn relative_time(seconds: f64, now: u64) -> String {
+    let delta = seconds - now as f64;
+    let span = human_duration(delta.abs());
+    if delta < 0.0 {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
+}
+
+/// `3725` → `1h 2m 5s`.
+pub fn human_duration(seconds: f64) -> String {
+    let total = seconds.round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
 /// A compact JWS split and decoded, signature not yet checked.
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
@@ -294,74 +403,193 @@ pub fn check_claim_set(
     rules: &ClaimRules,
     now: u64,
 ) -> Result<Identity, Rejection> {
+    check_claim_set_traced(typ, claims, rules, now, &mut NoTrace)
+}
+
+/// [`check_claim_set`], reporting each check to `trace` as it runs (and
+/// stopping at the first failure, as enforcement does).
+pub fn check_claim_set_traced(
+    typ: Option<&str>,
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+    trace: &mut impl Trace,
+) -> Result<Identity, Rejection> {
     use AuthFailure::InvalidClaims;
     if let Some(required) = &rules.typ {
-        if typ.map(normalise_typ).as_deref() != Some(required.as_str()) {
-            return reject(InvalidClaims, "token type is not the one required");
-        }
+        let result = if typ.map(normalise_typ).as_deref() != Some(required.as_str()) {
+            reject(InvalidClaims, "token type is not the one required")
+        } else {
+            Ok(())
+        };
+        traced(trace, Step::Type, result, || {
+            format!(
+                "route requires typ `{required}`; token has {}",
+                typ.map_or("no typ".to_owned(), |t| format!("`{t}`"))
+            )
+        })?;
     }
-    let exp = match numeric_date(claims, "exp")? {
-        Some(exp) => exp,
-        None => return reject(InvalidClaims, "token has no exp claim"),
-    };
-    let nbf = numeric_date(claims, "nbf")?;
-    numeric_date(claims, "iat")?;
-    let now = now as f64;
+    let times = (|| {
+        let exp = match numeric_date(claims, "exp")? {
+            Some(exp) => exp,
+            None => return reject(InvalidClaims, "token has no exp claim"),
+        };
+        let nbf = numeric_date(claims, "nbf")?;
+        numeric_date(claims, "iat")?;
+        Ok((exp, nbf))
+    })();
+    let (exp, nbf) = traced(trace, Step::TimeClaims, times, || {
+        "exp is required; exp, nbf and iat must be numbers in 0…2^53".to_owned()
+    })?;
     let leeway = rules.leeway_secs as f64;
-    if now > exp + leeway {
-        return reject(AuthFailure::Expired, "token has expired");
-    }
-    if let Some(nbf) = nbf {
-        if now + leeway < nbf {
-            return reject(AuthFailure::NotYetValid, "token is not valid yet");
+    let now_secs = now as f64;
+    let expired = if now_secs > exp + leeway {
+        reject(AuthFailure::Expired, "token has expired")
+    } else {
+        Ok(())
+    };
+    traced(trace, Step::Expiry, expired, || {
+        format!(
+            "exp {} ({}), leeway {}s, now {}",
+            utc_time(exp),
+            relative_time(exp, now),
+            rules.leeway_secs,
+            utc_time(now_secs)
+        )
+    })?;
+    match nbf {
+        Some(nbf) => {
+            let early = if now_secs + leeway < nbf {
+                reject(AuthFailure::NotYetValid, "token is not valid yet")
+            } else {
+                Ok(())
+            };
+            traced(trace, Step::NotBefore, early, || {
+                format!(
+                    "nbf {} ({}), leeway {}s",
+                    utc_time(nbf),
+                    relative_time(nbf, now),
+                    rules.leeway_secs
+                )
+            })?;
         }
+        None => trace.step(Step::NotBefore, Ok(()), || "no nbf claim".to_owned()),
     }
 
     let issuer = match claims.get("iss") {
-        None => None,
-        Some(Value::String(iss)) => Some(iss.as_str()),
-        Some(_) => return reject(InvalidClaims, "token iss is not a string"),
+        None => Ok(None),
+        Some(Value::String(iss)) => Ok(Some(iss.as_str())),
+        Some(_) => reject(InvalidClaims, "token iss is not a string"),
     };
-    if let Some(required) = &rules.issuer {
-        if issuer != Some(required.as_str()) {
-            return reject(AuthFailure::WrongIssuer, "token issuer is not accepted");
+    let issuer_checked = issuer.clone().and_then(|issuer| match &rules.issuer {
+        Some(required) if issuer != Some(required.as_str()) => {
+            reject(AuthFailure::WrongIssuer, "token issuer is not accepted")
         }
-    }
+        _ => Ok(()),
+    });
+    traced(trace, Step::Issuer, issuer_checked, || {
+        let token = match issuer {
+            Ok(Some(iss)) => format!("token iss `{iss}`"),
+            Ok(None) => "token has no iss".to_owned(),
+            Err(_) => format!(
+                "token iss is {}",
+                claims.get("iss").map_or(String::new(), |v| v.to_string())
+            ),
+        };
+        match &rules.issuer {
+            Some(required) => format!("route requires iss `{required}`; {token}"),
+            None => format!("route requires no issuer; {token}"),
+        }
+    })?;
 
-    let audience_matches = match claims.get("aud") {
-        None => false,
-        Some(Value::String(aud)) => rules.audiences.iter().any(|a| a == aud),
-        Some(Value::Array(auds)) => {
-            let mut any = false;
-            for aud in auds {
-                let Value::String(aud) = aud else {
-                    return reject(
-                        InvalidClaims,
-                        "token aud is not a string or a list of strings",
-                    );
-                };
-                any |= rules.audiences.iter().any(|a| a == aud);
+    let audience_matches = (|| {
+        let matches = match claims.get("aud") {
+            None => false,
+            Some(Value::String(aud)) => rules.audiences.iter().any(|a| a == aud),
+            Some(Value::Array(auds)) => {
+                let mut any = false;
+                for aud in auds {
+                    let Value::String(aud) = aud else {
+                        return reject(
+                            InvalidClaims,
+                            "token aud is not a string or a list of strings",
+                        );
+                    };
+                    any |= rules.audiences.iter().any(|a| a == aud);
+                }
+                any
             }
-            any
+            Some(_) => {
+                return reject(
+                    InvalidClaims,
+                    "token aud is not a string or a list of strings",
+                )
+            }
+        };
+        if !matches {
+            return reject(AuthFailure::WrongAudience, "token audience is not accepted");
         }
-        Some(_) => {
-            return reject(
-                InvalidClaims,
-                "token aud is not a string or a list of strings",
-            )
-        }
-    };
-    if !audience_matches {
-        return reject(AuthFailure::WrongAudience, "token audience is not accepted");
-    }
+        Ok(())
+    })();
+    traced(trace, Step::Audience, audience_matches, || {
+        format!(
+            "route accepts aud {}; token aud {}",
+            quoted_list(&rules.audiences),
+            claims
+                .get("aud")
+                .map_or("absent".to_owned(), Value::to_string)
+        )
+    })?;
 
     let subject = match claims.get("sub") {
-        None => None,
-        Some(Value::String(sub)) if is_header_safe(sub) => Some(sub.clone()),
-        Some(_) => return reject(InvalidClaims, "token sub is not a short printable string"),
+        None => Ok(None),
+        Some(Value::String(sub)) if is_header_safe(sub) => Ok(Some(sub.clone())),
+        Some(_) => reject(InvalidClaims, "token sub is not a short printable string"),
     };
-    let scopes = scopes(claims, rules.scope_claim.as_deref())?;
+    let subject = traced(trace, Step::Subject, subject, || match claims.get("sub") {
+        None => "no sub claim".to_owned(),
+        Some(Value::String(sub)) if is_header_safe(sub) => format!("sub `{sub}`"),
+        Some(_) => "sub must be a printable string of at most 1024 bytes".to_owned(),
+    })?;
+    let scopes = scopes(claims, rules.scope_claim.as_deref());
+    let scopes = traced(trace, Step::Scopes, scopes, || match &rules.scope_claim {
+        Some(name) => format!("scopes read from `{name}`"),
+        None => "scopes read from the first of `scopes`, `scope`, `scp`".to_owned(),
+    })?;
     Ok(Identity { subject, scopes })
+}
+
+/// `a`, `b` → "`a` or `b`".
+fn quoted_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Seconds since the epoch as `2026-12-04T20:01:02Z` (UTC, proleptic
+/// Gregorian; fractions dropped).
+pub fn utc_time(seconds: f64) -> String {
+    let total = seconds.max(0.0) as u64;
+    let days = (total / 86_400) as i64;
+    let rem = total % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// A NumericDate claim: absent, or a number in 0…2^53.
@@ -457,6 +685,102 @@ pub fn verify<'t>(
     check_signature(&parsed, &verifier)?;
     let identity = check_claims(&parsed, rules, now)?;
     Ok((parsed, identity))
+}
+
+/// Steps 1–3 for `explain`: syntax, key, algorithm and signature, each
+/// reported to `trace`, by the step functions enforcement runs ([`parse`],
+/// [`select_key`], [`check_signature`]). Never touches the verified-token
+/// cache or the metrics.
+pub fn check_signature_traced<'t, 'k>(
+    token: &'t str,
+    keys: &'k KeySet,
+    trace: &mut impl Trace,
+) -> Result<(ParsedToken<'t>, &'k Arc<Verifier>), Rejection> {
+    let parsed = traced(trace, Step::Syntax, parse(token), || {
+        format!(
+            "{} bytes; compact JWS of base64url JSON header and payload (at most {MAX_TOKEN_BYTES} bytes, no crit)",
+            token.len()
+        )
+    })?;
+    let selected = select_key(&parsed, keys);
+    let kid = || {
+        parsed
+            .kid
+            .as_deref()
+            .map_or("no kid".to_owned(), |k| format!("kid `{k}`"))
+    };
+    match &selected {
+        Ok(verifier) => {
+            trace.step(Step::KeySelection, Ok(()), || {
+                format!("{} → {}", kid(), describe_key(verifier))
+            });
+            trace.step(Step::Algorithm, Ok(()), || {
+                format!("token alg `{}` is the key's algorithm", parsed.alg)
+            });
+        }
+        Err(rejection) if rejection.reason == AuthFailure::UnknownKey => {
+            trace.step(Step::KeySelection, Err(rejection), || {
+                let held: Vec<String> = keys.iter().map(|k| k.verifier.kid.clone()).collect();
+                format!(
+                    "{}; the key set holds {}",
+                    kid(),
+                    if held.is_empty() {
+                        "no keys".to_owned()
+                    } else {
+                        quoted_list(&held).replace(" or ", ", ")
+                    }
+                )
+            });
+        }
+        Err(rejection) => {
+            // `select_key` refuses an unknown algorithm name before looking
+            // for the key, and a mismatch after finding it.
+            let key = keys.select(parsed.kid.as_deref()).ok();
+            if let (Some(_), Some(key)) = (Algorithm::from_name(&parsed.alg), key) {
+                trace.step(Step::KeySelection, Ok(()), || {
+                    format!("{} → {}", kid(), describe_key(key))
+                });
+            }
+            trace.step(Step::Algorithm, Err(rejection), || match key {
+                Some(key) if Algorithm::from_name(&parsed.alg).is_some() => format!(
+                    "token alg `{}`, but key `{}` is {} (the algorithm is bound to the key)",
+                    parsed.alg, key.kid, key.alg
+                ),
+                _ => format!(
+                    "token alg `{}` is not one of {} (none and HMAC are never accepted)",
+                    parsed.alg,
+                    Algorithm::ALL.map(Algorithm::name).join(" ")
+                ),
+            });
+        }
+    }
+    let verifier = selected?;
+    traced(
+        trace,
+        Step::Signature,
+        check_signature(&parsed, verifier),
+        || {
+            format!(
+                "{} signature checked with key `{}`",
+                verifier.alg, verifier.kid
+            )
+        },
+    )?;
+    Ok((parsed, verifier))
+}
+
+/// `RS256 key `gw` (private_key keys/gw.pem)`.
+pub fn describe_key(verifier: &Verifier) -> String {
+    format!(
+        "{} key `{}` ({})",
+        verifier.alg,
+        verifier.kid,
+        if verifier.source.is_empty() {
+            "source unknown"
+        } else {
+            &verifier.source
+        }
+    )
 }
 
 #[cfg(test)]
@@ -623,5 +947,127 @@ mod tests {
         )
         .unwrap();
         assert_eq!(custom.scopes, vec!["p:1"]);
+    }
+
+    /// Records steps, for the tests below.
+    #[derive(Default)]
+    struct Steps(Vec<(Step, Option<AuthFailure>, String)>);
+
+    impl Trace for Steps {
+        fn step(
+            &mut self,
+            step: Step,
+            outcome: Result<(), &Rejection>,
+            detail: impl FnOnce() -> String,
+        ) {
+            self.0
+                .push((step, outcome.err().map(|r| r.reason), detail()));
+        }
+    }
+
+    /// The traced claim checks decide exactly as the untraced ones, and the
+    /// last step recorded is the one that failed (checks stop there).
+    #[test]
+    fn the_trace_sees_the_enforced_decision_and_stops_at_the_failure() {
+        let mut r = rules();
+        r.issuer = Some("https://gw".into());
+        r.typ = Some(normalise_typ("at+jwt"));
+        for (payload, failing) in [
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","sub":"me"}"#,
+                None,
+            ),
+            (
+                r#"{"aud":"api","iss":"https://gw"}"#,
+                Some(Step::TimeClaims),
+            ),
+            (
+                r#"{"aud":"api","exp":999000,"iss":"https://gw"}"#,
+                Some(Step::Expiry),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"nbf":1000031,"iss":"https://gw"}"#,
+                Some(Step::NotBefore),
+            ),
+            (r#"{"aud":"api","exp":2000000,"iss":7}"#, Some(Step::Issuer)),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://evil"}"#,
+                Some(Step::Issuer),
+            ),
+            (
+                r#"{"aud":"x","exp":2000000,"iss":"https://gw"}"#,
+                Some(Step::Audience),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","sub":5}"#,
+                Some(Step::Subject),
+            ),
+            (
+                r#"{"aud":"api","exp":2000000,"iss":"https://gw","scp":7}"#,
+                Some(Step::Scopes),
+            ),
+        ] {
+            let token = format!(
+                "{}.{}.AAAA",
+                b64(r#"{"alg":"RS256","typ":"at+jwt"}"#),
+                b64(payload)
+            );
+            let parsed = parse(&token).unwrap();
+            let enforced = check_claim_set(parsed.typ.as_deref(), &parsed.claims, &r, 1_000_000);
+            let mut steps = Steps::default();
+            let traced = check_claim_set_traced(
+                parsed.typ.as_deref(),
+                &parsed.claims,
+                &r,
+                1_000_000,
+                &mut steps,
+            );
+            assert_eq!(enforced, traced, "{payload}");
+            let (last, reason, _) = steps.0.last().unwrap();
+            match failing {
+                None => assert!(steps.0.iter().all(|(_, r, _)| r.is_none()), "{payload}"),
+                Some(step) => {
+                    assert_eq!(*last, step, "{payload}");
+                    assert_eq!(*reason, Some(enforced.unwrap_err().reason), "{payload}");
+                    let failures = steps.0.iter().filter(|(_, r, _)| r.is_some()).count();
+                    assert_eq!(failures, 1, "{payload}");
+                }
+            }
+        }
+        // Times are explained relative to now, with the leeway.
+        let token = format!(
+            "{}.{}.AAAA",
+            b64(r#"{"alg":"RS256","typ":"at+jwt"}"#),
+            b64(r#"{"aud":"api","exp":999900,"iss":"https://gw"}"#)
+        );
+        let parsed = parse(&token).unwrap();
+        let mut steps = Steps::default();
+        let _ = check_claim_set_traced(
+            parsed.typ.as_deref(),
+            &parsed.claims,
+            &r,
+            1_000_000,
+            &mut steps,
+        );
+        let exp = &steps
+            .0
+            .iter()
+            .find(|(s, _, _)| *s == Step::Expiry)
+            .unwrap()
+            .2;
+        assert_eq!(
+            exp,
+            "exp 1970-01-12T13:45:00Z (1m 40s ago), leeway 30s, now 1970-01-12T13:46:40Z"
+        );
+    }
+
+    #[test]
+    fn utc_times_are_civil_dates() {
+        assert_eq!(utc_time(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_796_414_539.0), "2026-12-04T20:02:19Z");
+        assert_eq!(human_duration(3725.0), "1h 2m 5s");
+        assert_eq!(relative_time(90.0, 100), "10s ago");
+        assert_eq!(relative_time(160.0, 100), "in 1m 0s");
     }
 }

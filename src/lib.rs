@@ -12,6 +12,7 @@ pub mod client_addr;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod gateway;
 pub mod jws;

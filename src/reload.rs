@@ -55,6 +55,16 @@ pub struct ReloadStats {
     pub last_success_unix_secs: f64,
 }
 
+/// The last load or reload attempt, for the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastReload {
+    /// `initial` (the first load), `success` or `failure`.
+    pub result: &'static str,
+    pub at_unix_secs: f64,
+    /// Why a failed reload failed.
+    pub error: Option<String>,
+}
+
 /// What one pass over the config and the files it names found: a hash of
 /// all their bytes, and where to watch for changes to them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,11 +186,21 @@ impl Runtime {
                 self.token_cache.reset(&cache_config);
                 self.metrics.reload_successes.inc();
                 self.metrics.last_reload_success.set(unix_now_secs());
+                *lock(&self.last_reload) = LastReload {
+                    result: "success",
+                    at_unix_secs: unix_now_secs(),
+                    error: None,
+                };
                 tracing::info!(trigger = trigger.as_str(), "config reloaded from {file}");
                 Outcome::Applied
             }
             Err(error) => {
                 self.metrics.reload_failures.inc();
+                *lock(&self.last_reload) = LastReload {
+                    result: "failure",
+                    at_unix_secs: unix_now_secs(),
+                    error: Some(error.to_string()),
+                };
                 tracing::error!(
                     trigger = trigger.as_str(),
                     "config reload failed, still serving the previous config: {error}"
@@ -189,6 +209,11 @@ impl Runtime {
             }
         };
         (outcome, scan)
+    }
+
+    /// The last load or reload attempt.
+    pub fn last_reload(&self) -> LastReload {
+        lock(&self.last_reload).clone()
     }
 
     /// The reload counts so far.

@@ -65,6 +65,8 @@ pub struct Runtime {
     pub token_cache: TokenCache,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
     draining: AtomicBool,
+    /// The last load or reload attempt (the status page shows it).
+    pub(crate) last_reload: Mutex<reload::LastReload>,
 }
 
 impl Runtime {
@@ -94,6 +96,11 @@ impl Runtime {
             throttle: Throttle::default(),
             token_cache,
             draining: AtomicBool::new(false),
+            last_reload: Mutex::new(reload::LastReload {
+                result: "initial",
+                at_unix_secs: reload::unix_now_secs(),
+                error: None,
+            }),
         }))
     }
 

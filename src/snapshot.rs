@@ -46,6 +46,8 @@ pub struct Snapshot {
     /// Peers whose `X-Forwarded-For` the token endpoint's throttle believes.
     pub trusted_proxies: Vec<Cidr>,
     pub token_cache: TokenCacheConfig,
+    /// The status page and its JSON API on the admin listener.
+    pub admin_ui: bool,
 }
 
 impl Snapshot {
@@ -156,6 +158,7 @@ impl Snapshot {
             metadata_document,
             trusted_proxies,
             token_cache: config.token_cache,
+            admin_ui: config.admin_ui,
         })
     }
 }

@@ -1,9 +1,13 @@
 //! The admin listener (SPEC §3, default `127.0.0.1:9901`): `/metrics`,
 //! `/healthz`, `/readyz`. Plain HTTP/1.1, GET and HEAD only; every answer
-//! but the metrics text is JSON. It keeps serving while the public listener
+//! but the metrics text is JSON. With `admin_ui: true` it also serves the
+//! status page and its JSON API ([`ui`]). It keeps serving while the public listener
 //! drains, so `/readyz` can say 503 to load balancers until the end.
 
+pub mod ui;
+
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,11 +34,15 @@ pub async fn serve_admin(
     runtime: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Ok(admin) = listener.local_addr() else {
+        tracing::error!("cannot read the admin listener's address");
+        return;
+    };
     accept_until(&listener, &mut shutdown, |stream, _peer| {
         let runtime = runtime.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = handle(&runtime, request.method(), request.uri().path());
-            async move { Ok::<_, Infallible>(response) }
+            let runtime = runtime.clone();
+            async move { Ok::<_, Infallible>(handle_request(&runtime, admin, request).await) }
         });
         tokio::spawn(async move {
             let _ = http1::Builder::new()
@@ -45,6 +53,24 @@ pub async fn serve_admin(
         });
     })
     .await;
+}
+
+/// Every admin request: the status page and its API when `admin_ui` is on,
+/// else [`handle`]. `admin` is the listener's bound address (the `Host`
+/// the UI accepts). Public so tests can call it without a socket.
+pub async fn handle_request<B>(
+    runtime: &Runtime,
+    admin: SocketAddr,
+    request: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    if ui::is_ui_path(request.uri().path()) && runtime.snapshot().admin_ui {
+        return ui::handle(runtime, admin, request).await;
+    }
+    handle(runtime, request.method(), request.uri().path())
 }
 
 /// The admin endpoints. Public so tests can call it without a socket.

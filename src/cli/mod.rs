@@ -1,6 +1,7 @@
 //! The command line (SPEC §2): one file per subcommand.
 
 mod check;
+mod explain;
 mod hash_secret;
 mod healthcheck;
 mod keygen;
@@ -41,6 +42,9 @@ enum Command {
     Token(token::TokenArgs),
     /// Exit 0 when the admin listener's /readyz answers 200, else 1.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Explain, check by check, why a route would accept or refuse a token
+    /// (exit 0 accepted, 1 refused, 2 usage or config error).
+    Explain(explain::ExplainArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
@@ -109,5 +113,6 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, String> {
         Some(Command::HashSecret(args)) => hash_secret::hash_secret(args),
         Some(Command::Token(args)) => token::token(args),
         Some(Command::Healthcheck(args)) => healthcheck::healthcheck(args),
+        Some(Command::Explain(args)) => explain::explain(args),
     }
 }

@@ -138,8 +138,9 @@ pub(crate) fn local_key_from_pair(
     kid: &str,
     alg: Algorithm,
     pair: KeyPair,
+    source: String,
 ) -> Result<LocalKey, String> {
-    let verifier = Verifier::new(kid, alg, &pair.public_key_bytes())?;
+    let verifier = Verifier::new(kid, alg, &pair.public_key_bytes())?.with_source(source);
     Ok(LocalKey {
         verifier: Arc::new(verifier),
         signer: Some(Arc::new(Signer::new(kid, alg, pair))),
@@ -177,21 +178,29 @@ pub fn generate(kid: &str, alg: Algorithm) -> Result<LocalKey, String> {
         label: "PRIVATE KEY".to_owned(),
         der: generate_pkcs8(alg)?,
     };
-    local_key_from_pair(kid, alg, parse_private_der(&block, alg)?)
+    local_key_from_pair(
+        kid,
+        alg,
+        parse_private_der(&block, alg)?,
+        "generated in memory at start (generate: true)".to_owned(),
+    )
 }
 
 /// Loads a `private_key:` file.
 pub fn load_private(kid: &str, alg: Algorithm, path: &Path) -> Result<LocalKey, String> {
     let text = read_key_file(path)?;
     let pair = parse_private_pem(&text, alg).map_err(|e| format!("{}: {e}", path.display()))?;
-    local_key_from_pair(kid, alg, pair).map_err(|e| format!("{}: {e}", path.display()))
+    local_key_from_pair(kid, alg, pair, format!("private_key {}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Loads a `public_key:` file (verify only).
 pub fn load_public(kid: &str, alg: Algorithm, path: &Path) -> Result<LocalKey, String> {
     let text = read_key_file(path)?;
     let der = parse_public_pem(&text, alg).map_err(|e| format!("{}: {e}", path.display()))?;
-    let verifier = Verifier::new(kid, alg, &der).map_err(|e| format!("{}: {e}", path.display()))?;
+    let verifier = Verifier::new(kid, alg, &der)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .with_source(format!("public_key {}", path.display()));
     Ok(LocalKey {
         verifier: Arc::new(verifier),
         signer: None,

@@ -119,6 +119,11 @@ pub struct Verifier {
     key: ParsedPublicKey,
     /// The public JWK (RFC 7517) published in `/.well-known/jwks.json`.
     pub jwk: serde_json::Value,
+    /// Where the key came from, for `explain` and the status page (a file,
+    /// `generate: true`, a JWKS URL); set with [`Verifier::with_source`].
+    pub source: String,
+    /// When the key was parsed (its age on the status page).
+    pub loaded_at: std::time::SystemTime,
 }
 
 impl Verifier {
@@ -138,7 +143,15 @@ impl Verifier {
             alg,
             key,
             jwk,
+            source: String::new(),
+            loaded_at: std::time::SystemTime::now(),
         })
+    }
+
+    /// Names where the key came from (see [`Verifier::source`]).
+    pub fn with_source(mut self, source: impl Into<String>) -> Verifier {
+        self.source = source.into();
+        self
     }
 
     /// Checks `signature` over `signing_input`. The caller has already

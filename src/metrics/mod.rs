@@ -149,6 +149,14 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// One route's counters, as the status page shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RouteCounters {
+    pub route: String,
+    pub requests: u64,
+    pub auth_failures: std::collections::BTreeMap<String, u64>,
+}
+
 /// Every jwtgate metric.
 pub struct Metrics {
     registry: Registry,
@@ -374,6 +382,43 @@ impl Metrics {
     /// A verification answered from the verified-token cache.
     pub fn token_cache_hit(&self) {
         self.token_cache_hits.inc();
+    }
+
+    /// Per route: requests answered and auth failures by reason, read from
+    /// the registry (for the status page). Routes in name order.
+    pub fn route_counters(&self) -> Vec<RouteCounters> {
+        use std::collections::BTreeMap;
+        let mut routes: BTreeMap<String, RouteCounters> = BTreeMap::new();
+        for family in self.registry.gather() {
+            let is_requests = family.name() == "jwtgate_requests_total";
+            if !is_requests && family.name() != "jwtgate_auth_failures_total" {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let route = label("route");
+                let entry = routes
+                    .entry(route.clone())
+                    .or_insert_with(|| RouteCounters {
+                        route,
+                        ..RouteCounters::default()
+                    });
+                let value = metric.get_counter().get_value() as u64;
+                if is_requests {
+                    entry.requests += value;
+                } else {
+                    *entry.auth_failures.entry(label("reason")).or_default() += value;
+                }
+            }
+        }
+        routes.into_values().collect()
     }
 
     /// The Prometheus text exposition of every metric.

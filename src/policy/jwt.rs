@@ -2,13 +2,14 @@
 //! [`crate::jws`].
 
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue};
-use serde_json::Value;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
 
 use super::{PolicyInput, Verdict};
 use crate::config::JwtPolicyConfig;
 use crate::error::GatewayError;
-use crate::jws::{self, AuthFailure, ClaimRules, Rejection};
+use crate::jws::{self, AuthFailure, ClaimRules, NoTrace, Rejection, Step, Trace};
+use crate::keys::KeySet;
 use crate::token::client_auth::is_valid_scope;
 
 /// A compiled `jwt:` step.
@@ -119,23 +120,117 @@ impl JwtPolicy {
             .token_cache
             .verify(token, input.keys, input.metrics)
             .map_err(GatewayError::InvalidToken)?;
-        let identity = jws::check_claim_set(
+        self.authorize(
             verified.typ.as_deref(),
             &verified.claims,
-            &self.rules,
             input.now,
+            verdict,
+            &mut NoTrace,
         )
-        .map_err(GatewayError::InvalidToken)?;
-        if !self
-            .required_scopes
-            .iter()
-            .all(|s| identity.scopes.contains(s))
-        {
+    }
+
+    /// What [`JwtPolicy::apply`] would decide for these request headers,
+    /// each check reported to `trace`: the same bearer extraction, step
+    /// functions and [`JwtPolicy::authorize`], but the signature is always
+    /// checked (the verified-token cache is neither read nor filled) and no
+    /// metric is touched. For `jwtgate explain` and the admin token
+    /// inspector.
+    pub fn explain(
+        &self,
+        headers: &HeaderMap,
+        keys: &KeySet,
+        now: u64,
+        verdict: &mut Verdict,
+        trace: &mut impl Trace,
+    ) -> Result<(), GatewayError> {
+        let token = bearer_token_in(headers);
+        let as_rejection = |error: &GatewayError| match error {
+            GatewayError::MissingToken => Rejection {
+                reason: AuthFailure::MissingToken,
+                description: "a bearer token is required",
+            },
+            GatewayError::MalformedAuthorization(why) => Rejection {
+                reason: AuthFailure::Malformed,
+                description: why,
+            },
+            _ => Rejection {
+                reason: AuthFailure::Malformed,
+                description: "invalid Authorization header",
+            },
+        };
+        match &token {
+            Ok(_) => trace.step(Step::Authorization, Ok(()), || {
+                "one `Authorization: Bearer <token>` header".to_owned()
+            }),
+            Err(error) => trace.step(Step::Authorization, Err(&as_rejection(error)), || {
+                "the token must be one header value without spaces".to_owned()
+            }),
+        }
+        let (parsed, _) =
+            jws::check_signature_traced(token?, keys, trace).map_err(GatewayError::InvalidToken)?;
+        self.authorize(parsed.typ.as_deref(), &parsed.claims, now, verdict, trace)
+    }
+
+    /// The checks every request gets once the signature is known good (by
+    /// a check or a cache hit): the claims, each required scope, and the
+    /// identity headers put in `verdict`.
+    fn authorize(
+        &self,
+        typ: Option<&str>,
+        claims: &Map<String, Value>,
+        now: u64,
+        verdict: &mut Verdict,
+        trace: &mut impl Trace,
+    ) -> Result<(), GatewayError> {
+        let identity = jws::check_claim_set_traced(typ, claims, &self.rules, now, trace)
+            .map_err(GatewayError::InvalidToken)?;
+        let lacking = Rejection {
+            reason: AuthFailure::InsufficientScope,
+            description: "the token lacks a required scope",
+        };
+        let mut has_all = true;
+        for scope in &self.required_scopes {
+            let has = identity.scopes.contains(scope);
+            has_all &= has;
+            let outcome = if has { Ok(()) } else { Err(&lacking) };
+            trace.step(Step::Scope, outcome, || {
+                format!(
+                    "route requires `{scope}`; token has {}",
+                    if identity.scopes.is_empty() {
+                        "no scopes".to_owned()
+                    } else {
+                        format!("`{}`", identity.scopes.join(" "))
+                    }
+                )
+            });
+        }
+        if !has_all {
             return Err(GatewayError::InsufficientScope {
                 required: self.required_scopes_text.clone(),
             });
         }
+        let injected = self.inject(identity, claims, verdict);
+        match &injected {
+            Err(GatewayError::InvalidToken(rejection)) => {
+                trace.step(Step::Inject, Err(rejection), || {
+                    "a claim cannot be sent as a header value".to_owned()
+                })
+            }
+            _ => trace.step(Step::Inject, Ok(()), || {
+                let names: Vec<&str> = verdict.inject.iter().map(|(n, _)| n.as_str()).collect();
+                format!("sets {}", names.join(", "))
+            }),
+        }
+        injected
+    }
 
+    /// Puts the identity headers in `verdict`.
+    fn inject(
+        &self,
+        identity: jws::Identity,
+        claims: &Map<String, Value>,
+        verdict: &mut Verdict,
+    ) -> Result<(), GatewayError> {
         let invalid_claims = || {
             GatewayError::InvalidToken(Rejection {
                 reason: AuthFailure::InvalidClaims,
@@ -150,7 +245,7 @@ impl JwtPolicy {
             HeaderValue::from_str(&identity.scopes.join(" ")).map_err(|_| invalid_claims())?;
         verdict.inject.push((self.scopes_header.clone(), scopes));
         for (claim, header) in &self.claim_headers {
-            let text = match verified.claims.get(claim) {
+            let text = match claims.get(claim) {
                 Some(Value::String(s)) if jws::is_header_safe(s) => s.clone(),
                 Some(Value::String(_)) => return Err(invalid_claims()),
                 Some(Value::Number(n)) => n.to_string(),
@@ -164,6 +259,46 @@ impl JwtPolicy {
         verdict.forward_authorization |= self.forward_token;
         verdict.subject = identity.subject;
         Ok(())
+    }
+
+    /// The steps [`JwtPolicy::explain`] can report, in order (for marking
+    /// those a refusal left unreached).
+    pub fn planned_steps(&self) -> Vec<Step> {
+        let mut steps = vec![
+            Step::Authorization,
+            Step::Syntax,
+            Step::KeySelection,
+            Step::Algorithm,
+            Step::Signature,
+        ];
+        if self.rules.typ.is_some() {
+            steps.push(Step::Type);
+        }
+        steps.extend([
+            Step::TimeClaims,
+            Step::Expiry,
+            Step::NotBefore,
+            Step::Issuer,
+            Step::Audience,
+            Step::Subject,
+            Step::Scopes,
+        ]);
+        steps.extend(self.required_scopes.iter().map(|_| Step::Scope));
+        steps.push(Step::Inject);
+        steps
+    }
+
+    /// The route's rules, for the status page.
+    pub fn rules(&self) -> &ClaimRules {
+        &self.rules
+    }
+
+    pub fn required_scopes(&self) -> &[String] {
+        &self.required_scopes
+    }
+
+    pub fn forward_token(&self) -> bool {
+        self.forward_token
     }
 }
 
@@ -192,7 +327,11 @@ fn is_reserved(name: &HeaderName) -> bool {
 /// case-insensitive and may be followed by one or more spaces. A token in the
 /// query, a form body or a cookie is not looked at.
 fn bearer_token<'h>(input: &PolicyInput<'h>) -> Result<&'h str, GatewayError> {
-    let mut values = input.headers.get_all(AUTHORIZATION).iter();
+    bearer_token_in(input.headers)
+}
+
+fn bearer_token_in(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(GatewayError::MissingToken);
     };

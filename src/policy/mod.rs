@@ -7,6 +7,7 @@ pub mod jwt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
+use crate::jws::{Step, Trace};
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
 use crate::token_cache::TokenCache;
@@ -48,6 +49,29 @@ impl Policy {
     ) -> Result<(), GatewayError> {
         match self {
             Policy::Jwt(policy) => policy.apply(input, verdict),
+        }
+    }
+
+    /// What [`Policy::apply`] would decide for these headers, each check
+    /// reported to `trace`, without the verified-token cache or metrics
+    /// (`jwtgate explain`, the admin token inspector).
+    pub fn explain(
+        &self,
+        headers: &HeaderMap,
+        keys: &KeySet,
+        now: u64,
+        verdict: &mut Verdict,
+        trace: &mut impl Trace,
+    ) -> Result<(), GatewayError> {
+        match self {
+            Policy::Jwt(policy) => policy.explain(headers, keys, now, verdict, trace),
+        }
+    }
+
+    /// The checks [`Policy::explain`] can report, in order.
+    pub fn planned_steps(&self) -> Vec<Step> {
+        match self {
+            Policy::Jwt(policy) => policy.planned_steps(),
         }
     }
 
