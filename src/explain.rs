@@ -305,7 +305,7 @@ fn mark_not_reached(steps: &mut Vec<StepReport>, policies: &[Policy]) {
 fn key_of(token: &str, keys: &KeySet, steps: &[StepReport]) -> (Option<KeyInfo>, Option<String>) {
     let selected = jws::parse(token)
         .ok()
-        .and_then(|parsed| jws::select_key(&parsed, keys).ok().map(|v| KeyInfo::of(v)));
+        .and_then(|parsed| jws::select_key(&parsed, keys).ok().map(|v| KeyInfo::of(&v)));
     if selected.is_some() {
         return (selected, None);
     }

@@ -691,11 +691,11 @@ pub fn verify<'t>(
 /// reported to `trace`, by the step functions enforcement runs ([`parse`],
 /// [`select_key`], [`check_signature`]). Never touches the verified-token
 /// cache or the metrics.
-pub fn check_signature_traced<'t, 'k>(
+pub fn check_signature_traced<'t>(
     token: &'t str,
-    keys: &'k KeySet,
+    keys: &KeySet,
     trace: &mut impl Trace,
-) -> Result<(ParsedToken<'t>, &'k Arc<Verifier>), Rejection> {
+) -> Result<(ParsedToken<'t>, Arc<Verifier>), Rejection> {
     let parsed = traced(trace, Step::Syntax, parse(token), || {
         format!(
             "{} bytes; compact JWS of base64url JSON header and payload (at most {MAX_TOKEN_BYTES} bytes, no crit)",
@@ -703,6 +703,8 @@ pub fn check_signature_traced<'t, 'k>(
         )
     })?;
     let selected = select_key(&parsed, keys);
+    let issuer = parsed.claims.get("iss").and_then(Value::as_str);
+    let candidates = keys.candidates_for(issuer);
     let kid = || {
         parsed
             .kid
@@ -712,7 +714,12 @@ pub fn check_signature_traced<'t, 'k>(
     match &selected {
         Ok(verifier) => {
             trace.step(Step::KeySelection, Ok(()), || {
-                format!("{} → {}", kid(), describe_key(verifier))
+                format!(
+                    "{} in {} → {}",
+                    kid(),
+                    candidates.set,
+                    describe_key(verifier)
+                )
             });
             trace.step(Step::Algorithm, Ok(()), || {
                 format!("token alg `{}` is the key's algorithm", parsed.alg)
@@ -720,10 +727,12 @@ pub fn check_signature_traced<'t, 'k>(
         }
         Err(rejection) if rejection.reason == AuthFailure::UnknownKey => {
             trace.step(Step::KeySelection, Err(rejection), || {
-                let held: Vec<String> = keys.iter().map(|k| k.verifier.kid.clone()).collect();
+                let held: Vec<String> =
+                    candidates.keys.iter().map(|(kid, _)| kid.clone()).collect();
                 format!(
-                    "{}; the key set holds {}",
+                    "{}; {} holds {}",
                     kid(),
+                    candidates.set,
                     if held.is_empty() {
                         "no keys".to_owned()
                     } else {
@@ -735,17 +744,24 @@ pub fn check_signature_traced<'t, 'k>(
         Err(rejection) => {
             // `select_key` refuses an unknown algorithm name before looking
             // for the key, and a mismatch after finding it.
-            let key = keys.select(parsed.kid.as_deref()).ok();
-            if let (Some(_), Some(key)) = (Algorithm::from_name(&parsed.alg), key) {
+            let wanted = parsed.kid.as_deref().unwrap_or("");
+            let key = candidates.keys.iter().find(|(kid, _)| {
+                kid == wanted || (parsed.kid.is_none() && candidates.keys.len() == 1)
+            });
+            let known_alg = Algorithm::from_name(&parsed.alg).is_some();
+            if let (true, Some((found, _))) = (known_alg, key) {
                 trace.step(Step::KeySelection, Ok(()), || {
-                    format!("{} → {}", kid(), describe_key(key))
+                    format!("{} in {} → key `{found}`", kid(), candidates.set)
                 });
             }
             trace.step(Step::Algorithm, Err(rejection), || match key {
-                Some(key) if Algorithm::from_name(&parsed.alg).is_some() => format!(
-                    "token alg `{}`, but key `{}` is {} (the algorithm is bound to the key)",
-                    parsed.alg, key.kid, key.alg
-                ),
+                Some((found, algs)) if known_alg => {
+                    format!(
+                    "token alg `{}`, but key `{found}` is {} (the algorithm is bound to the key)",
+                    parsed.alg,
+                    algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" or ")
+                )
+                }
                 _ => format!(
                     "token alg `{}` is not one of {} (none and HMAC are never accepted)",
                     parsed.alg,
@@ -758,7 +774,7 @@ pub fn check_signature_traced<'t, 'k>(
     traced(
         trace,
         Step::Signature,
-        check_signature(&parsed, verifier),
+        check_signature(&parsed, &verifier),
         || {
             format!(
                 "{} signature checked with key `{}`",

@@ -632,3 +632,59 @@ async fn an_https_provider_is_trusted_through_its_ca_file_only() {
     assert_eq!(metric(&gw, &refreshes(issuer, "success")).await, Some(0.0));
     assert!(metric(&gw, &refreshes(issuer, "failure")).await.unwrap() >= 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_remote_key_and_the_set_it_looked_in() {
+    use jwtgate::explain::{explain, find_route, RouteQuery};
+    let provider = Provider::start(vec![es_jwk(0, "k1"), es_jwk(1, "k2")]).await;
+    let gw = gateway(&entry(&provider, "10m")).await;
+    let issuer = provider.issuer();
+    let snapshot = gw.running.runtime.snapshot();
+    let route = find_route(&snapshot, &RouteQuery::Name("api")).unwrap();
+
+    let accepted = explain(&snapshot, route, &es_token(1, "k2", &issuer), common::now());
+    assert!(accepted.accepted, "{accepted:#?}");
+    let key = accepted.key.expect("the key that verified it");
+    assert_eq!((key.kid.as_str(), key.alg), ("k2", "ES256"));
+    assert_eq!(
+        key.source,
+        format!("JWKS {} of issuer {issuer}", provider.url())
+    );
+
+    // An unknown kid: the report names the issuer's set and what it holds,
+    // and the verdict is what the gateway answers.
+    let refused = explain(&snapshot, route, &es_token(0, "k9", &issuer), common::now());
+    assert_eq!(refused.failed_step, Some("key"), "{refused:#?}");
+    let step = refused.steps.iter().find(|s| s.step == "key").unwrap();
+    assert_eq!(
+        step.detail,
+        format!(
+            "kid `k9`; the JWKS of issuer `{issuer}` ({}) holds `k1`, `k2`",
+            provider.url()
+        )
+    );
+    let refusal = refused.refusal.expect("a refusal");
+    let answer = call(&gw, &es_token(0, "k9", &issuer)).await;
+    assert_eq!(refusal.status, answer.status.as_u16());
+    assert_eq!(
+        refusal.www_authenticate.as_deref(),
+        answer.header("www-authenticate")
+    );
+    assert_eq!(refusal.body, answer.json());
+
+    // The status page's document lists the provider and its keys.
+    let status = jwtgate::admin::ui::status(&gw.running.runtime, gw.running.admin_addr);
+    let jwks = &status["jwks"][0];
+    assert_eq!(jwks["issuer"], issuer);
+    assert_eq!(jwks["url"], provider.url());
+    assert_eq!(
+        jwks["keys"],
+        json!([{"kid": "k1", "alg": "ES256"}, {"kid": "k2", "alg": "ES256"}])
+    );
+    assert_eq!(jwks["last_refresh"]["result"], "success");
+    assert_eq!(jwks["last_refresh"]["error"], Value::Null);
+    assert!(
+        jwks["age_secs"].as_u64().is_some_and(|age| age < 60),
+        "{jwks}"
+    );
+}

@@ -184,7 +184,7 @@ fn explain_response(runtime: &Runtime, body: &[u8]) -> Response<Body> {
     }
 }
 
-/// The `/api/status` document. `jwks` is a list the page renders as
+/// The `/api/status` document. `jwks` is a list, one entry per provider:
 /// `{"issuer", "url", "keys": [{"kid", "alg"}], "last_refresh": {"result",
 /// "at", "error"} | null, "age_secs"}`; empty, it says "no JWKS providers
 /// configured".
@@ -217,12 +217,56 @@ pub fn status(runtime: &Runtime, admin: SocketAddr) -> Value {
         },
         "routes": snapshot.routes.iter().map(route_json).collect::<Vec<_>>(),
         "keys": keys,
-        // Remote JWKS sets (one entry per provider: issuer, url, keys,
-        // last refresh result, time and age) join here when they exist.
-        "jwks": [],
+        "jwks": jwks_json(&snapshot),
         "token_endpoint": token_endpoint_json(&snapshot),
         "counters": runtime.metrics.route_counters(),
     })
+}
+
+/// One entry per `jwks:` provider, by issuer.
+fn jwks_json(snapshot: &Snapshot) -> Vec<Value> {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let mut providers: Vec<_> = snapshot.keys.remote.values().collect();
+    providers.sort_by(|a, b| a.issuer().cmp(b.issuer()));
+    providers
+        .into_iter()
+        .map(|provider| {
+            let status = provider.status();
+            let keys: Vec<Value> = provider
+                .keys()
+                .describe()
+                .into_iter()
+                .map(|(kid, algs)| {
+                    json!({
+                        "kid": kid.unwrap_or("(no kid)"),
+                        "alg": algs.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "),
+                    })
+                })
+                .collect();
+            let last_refresh = status.last_attempt.map(|at| {
+                let failed = status.last_error.is_some();
+                json!({
+                    "result": if failed { "failure" } else { "success" },
+                    "at": secs(at),
+                    "error": status.last_error,
+                })
+            });
+            let age = status
+                .last_success
+                .and_then(|at| at.elapsed().ok())
+                .map(|d| d.as_secs());
+            json!({
+                "issuer": provider.issuer(),
+                "url": provider.settings().url.as_ref().map_or("discovery".to_owned(), |u| u.to_string()),
+                "keys": keys,
+                "last_refresh": last_refresh,
+                "age_secs": age,
+            })
+        })
+        .collect()
 }
 
 fn route_json(route: &Route) -> Value {

@@ -7,13 +7,14 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use http::Method;
 use jwtgate::config::ConfigSource;
 use jwtgate::explain::{self, Explanation, RouteQuery};
 use jwtgate::jws;
+use jwtgate::keys::remote::{JwksRegistry, RefreshCounters, FETCH_TIMEOUT};
 use jwtgate::runtime::GeneratedKeys;
 use jwtgate::snapshot::Snapshot;
 
@@ -57,8 +58,10 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode, String> {
 
 fn run(args: ExplainArgs) -> Result<ExitCode, String> {
     let source = ConfigSource::read(&args.config).map_err(|e| e.to_string())?;
-    let snapshot =
-        Snapshot::build(&source, &GeneratedKeys::default()).map_err(|e| e.to_string())?;
+    let snapshot = Snapshot::build(&source, &GeneratedKeys::default(), &JwksRegistry::default())
+        .map_err(|e| e.to_string())?;
+    // Only public key sets are fetched; the token goes nowhere.
+    let _fetcher = fetch_key_sets(&snapshot)?;
     let method = match &args.method {
         Some(name) => Method::from_bytes(name.to_ascii_uppercase().as_bytes())
             .map_err(|_| format!("--method: `{name}` is not an HTTP method"))?,
@@ -83,6 +86,26 @@ fn run(args: ExplainArgs) -> Result<ExitCode, String> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut explanation = explain::explain(&snapshot, route, &token, now);
+    for provider in snapshot.keys.remote.values() {
+        let status = provider.status();
+        explanation
+            .notes
+            .push(match (status.successes, status.last_error) {
+                (0, Some(why)) => format!(
+                    "the JWKS of issuer `{}` could not be fetched: {why}",
+                    provider.issuer()
+                ),
+                (0, None) => format!(
+                    "the JWKS of issuer `{}` did not answer in time",
+                    provider.issuer()
+                ),
+                _ => format!(
+                    "the JWKS of issuer `{}` was fetched just now ({} keys)",
+                    provider.issuer(),
+                    provider.keys().len()
+                ),
+            });
+    }
     if snapshot
         .keys
         .iter()
@@ -107,6 +130,36 @@ fn run(args: ExplainArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Fetches every `jwks:` set once (bounded, like a starting gateway), so
+/// tokens of external issuers are explained against their current keys. The
+/// runtime is returned to keep the fetch tasks' home alive.
+fn fetch_key_sets(snapshot: &Snapshot) -> Result<Option<tokio::runtime::Runtime>, String> {
+    if snapshot.keys.remote.is_empty() {
+        return Ok(None);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        for provider in snapshot.keys.remote.values() {
+            let counter = |name: &str| {
+                prometheus::IntCounter::new(name, "explain's own count").map_err(|e| e.to_string())
+            };
+            let counters = RefreshCounters {
+                success: counter("success")?,
+                failure: counter("failure")?,
+            };
+            provider.start(&tokio::runtime::Handle::current(), counters);
+            provider
+                .first_fetch_done(FETCH_TIMEOUT + Duration::from_secs(1))
+                .await;
+        }
+        Ok::<_, String>(())
+    })?;
+    Ok(Some(runtime))
 }
 
 fn read_token_from_stdin() -> Result<String, String> {

@@ -81,7 +81,11 @@ pub struct RemoteJwk {
 /// other than `sig`, `key_ops` without `verify`, an `alg` jwtgate does not
 /// verify or that `allowed` excludes, an unknown `kty` or curve, RSA under
 /// 2048 bits, and malformed key material.
-pub fn parse_remote_jwk(jwk: &Value, allowed: Option<&[Algorithm]>) -> Result<RemoteJwk, String> {
+pub fn parse_remote_jwk(
+    jwk: &Value,
+    allowed: Option<&[Algorithm]>,
+    source: &str,
+) -> Result<RemoteJwk, String> {
     let text = |name: &str| -> Result<Option<&str>, String> {
         match jwk.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -131,7 +135,8 @@ pub fn parse_remote_jwk(jwk: &Value, allowed: Option<&[Algorithm]>) -> Result<Re
     let algorithms = algorithms_for(kind, text("alg")?, allowed)?;
     let mut verifiers = Vec::with_capacity(algorithms.len());
     for alg in algorithms {
-        let verifier = super::Verifier::new(kid.unwrap_or(""), alg, &public_key)?;
+        let verifier =
+            super::Verifier::new(kid.unwrap_or(""), alg, &public_key)?.with_source(source);
         verifiers.push(std::sync::Arc::new(verifier));
     }
     Ok(RemoteJwk {
@@ -269,7 +274,7 @@ mod tests {
             Algorithm::EdDsa,
         ] {
             let (jwk, signature) = published(alg);
-            let key = parse_remote_jwk(&jwk, None).unwrap();
+            let key = parse_remote_jwk(&jwk, None, "test").unwrap();
             assert_eq!(key.kid.as_deref(), Some("k"));
             assert_eq!(key.verifiers.len(), 1);
             assert_eq!(key.verifiers[0].alg, alg);
@@ -283,7 +288,7 @@ mod tests {
         let (mut jwk, _) = published(Algorithm::Rs256);
         jwk.as_object_mut().unwrap().remove("alg");
         let algs = |allowed: Option<&[Algorithm]>| -> Vec<Algorithm> {
-            parse_remote_jwk(&jwk, allowed)
+            parse_remote_jwk(&jwk, allowed, "test")
                 .unwrap()
                 .verifiers
                 .iter()
@@ -299,7 +304,7 @@ mod tests {
             ])),
             [Algorithm::Ps256, Algorithm::Rs512]
         );
-        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es256])).is_err());
+        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es256]), "test").is_err());
     }
 
     #[test]
@@ -308,7 +313,7 @@ mod tests {
         let with = |name: &str, value: Value| {
             let mut changed = jwk.clone();
             changed[name] = value;
-            parse_remote_jwk(&changed, None).unwrap_err()
+            parse_remote_jwk(&changed, None, "test").unwrap_err()
         };
         assert!(with("use", json!("enc")).contains("`use`"));
         assert!(with("key_ops", json!(["encrypt"])).contains("key_ops"));
@@ -321,13 +326,13 @@ mod tests {
         assert!(with("x", json!("not base64!")).contains("base64url"));
         assert!(with("kid", json!(7)).contains("kid"));
         // The algorithm list of the entry excludes the key's own alg.
-        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es384]))
+        assert!(parse_remote_jwk(&jwk, Some(&[Algorithm::Es384]), "test")
             .unwrap_err()
             .contains("algorithms"));
         // A point not on the curve.
         let mut off_curve = jwk.clone();
         off_curve["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
-        assert!(parse_remote_jwk(&off_curve, None).is_err());
+        assert!(parse_remote_jwk(&off_curve, None, "test").is_err());
     }
 
     #[test]
@@ -341,13 +346,13 @@ mod tests {
             "n": URL_SAFE_NO_PAD.encode(&n),
             "e": "AQAB",
         });
-        let error = parse_remote_jwk(&jwk, None).unwrap_err();
+        let error = parse_remote_jwk(&jwk, None, "test").unwrap_err();
         assert!(
             error.contains("too small") || error.contains("not a valid RSA"),
             "{error}"
         );
         let (big, _) = published(Algorithm::Rs256);
-        assert!(parse_remote_jwk(&big, None).is_ok());
+        assert!(parse_remote_jwk(&big, None, "test").is_ok());
     }
 
     #[test]

@@ -232,6 +232,15 @@ pub struct KeySet {
     pub remote: HashMap<String, Arc<remote::RemoteKeySet>>,
 }
 
+/// The keys a token is checked against (see [`KeySet::candidates_for`]).
+#[derive(Debug)]
+pub struct Candidates {
+    /// Which set: `keys:`, or a JWKS and its issuer.
+    pub set: String,
+    /// Each key's kid and the algorithms it serves.
+    pub keys: Vec<(String, Vec<Algorithm>)>,
+}
+
 /// Why no verifier could be picked for a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySelectionError {
@@ -305,6 +314,33 @@ impl KeySet {
             return Err(KeySelectionError::AlgorithmMismatch);
         }
         Ok(verifier.clone())
+    }
+
+    /// The key set a token with this `iss` is checked against, described
+    /// for `explain`: its name and each key's kid and algorithms.
+    pub fn candidates_for(&self, issuer: Option<&str>) -> Candidates {
+        if let Some(remote) = issuer.and_then(|iss| self.remote.get(iss)) {
+            let source = match &remote.settings().url {
+                Some(url) => url.to_string(),
+                None => "discovery".to_owned(),
+            };
+            return Candidates {
+                set: format!("the JWKS of issuer `{}` ({source})", remote.issuer()),
+                keys: remote
+                    .keys()
+                    .describe()
+                    .into_iter()
+                    .map(|(kid, algs)| (kid.unwrap_or("").to_owned(), algs))
+                    .collect(),
+            };
+        }
+        Candidates {
+            set: "`keys:`".to_owned(),
+            keys: self
+                .iter()
+                .map(|k| (k.verifier.kid.clone(), vec![k.verifier.alg]))
+                .collect(),
+        }
     }
 
     /// Every key in file order.

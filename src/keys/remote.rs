@@ -199,10 +199,12 @@ impl JwkSet {
     /// Parses a JWK Set document. Unusable keys are skipped; a document with
     /// no usable key is an error (the last good set is kept). Keys whose JWK
     /// is unchanged from `previous` keep their verifiers.
+    /// `source` names the set in each key's [`Verifier::source`].
     pub fn parse(
         body: &[u8],
         allowed: Option<&[Algorithm]>,
         previous: &JwkSet,
+        source: &str,
     ) -> Result<JwkSet, String> {
         let document: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let Some(members) = document.get("keys").and_then(Value::as_array) else {
@@ -210,7 +212,7 @@ impl JwkSet {
         };
         let mut set = JwkSet::default();
         for (i, member) in members.iter().enumerate() {
-            let mut key = match parse_remote_jwk(member, allowed) {
+            let mut key = match parse_remote_jwk(member, allowed, source) {
                 Ok(key) => key,
                 Err(why) => {
                     set.skipped.push(format!("keys[{i}]: {why}"));
@@ -585,8 +587,14 @@ impl Inner {
         };
         let (body, max_age) = self.get(&url).await?;
         let previous = self.keys.load();
-        let set = JwkSet::parse(&body, self.settings.algorithms.as_deref(), &previous)
-            .map_err(|why| format!("{url}: {why}"))?;
+        let source = format!("JWKS {url} of issuer {}", self.settings.issuer);
+        let set = JwkSet::parse(
+            &body,
+            self.settings.algorithms.as_deref(),
+            &previous,
+            &source,
+        )
+        .map_err(|why| format!("{url}: {why}"))?;
         Ok((set, max_age))
     }
 
@@ -835,7 +843,13 @@ mod tests {
         let good = es_jwk("a");
         let duplicate = es_jwk("a");
         let body = serde_json::json!({"keys": [enc, good, duplicate, es_jwk("b")]});
-        let set = JwkSet::parse(body.to_string().as_bytes(), None, &JwkSet::default()).unwrap();
+        let set = JwkSet::parse(
+            body.to_string().as_bytes(),
+            None,
+            &JwkSet::default(),
+            "test",
+        )
+        .unwrap();
         assert_eq!(set.len(), 2);
         assert_eq!(set.skipped.len(), 2, "{:?}", set.skipped);
         assert!(set.skipped[0].contains("keys[0]") && set.skipped[1].contains("duplicate"));
@@ -856,22 +870,22 @@ mod tests {
 
     #[test]
     fn a_set_without_usable_keys_is_an_error_and_unchanged_keys_keep_their_verifier() {
-        let empty = JwkSet::parse(br#"{"keys":[]}"#, None, &JwkSet::default());
+        let empty = JwkSet::parse(br#"{"keys":[]}"#, None, &JwkSet::default(), "test");
         assert!(empty.unwrap_err().contains("no keys"));
-        assert!(JwkSet::parse(b"[]", None, &JwkSet::default()).is_err());
-        assert!(JwkSet::parse(b"<html>", None, &JwkSet::default()).is_err());
+        assert!(JwkSet::parse(b"[]", None, &JwkSet::default(), "test").is_err());
+        assert!(JwkSet::parse(b"<html>", None, &JwkSet::default(), "test").is_err());
 
         let (a, b) = (es_jwk("a"), es_jwk("b"));
         let first = serde_json::json!({"keys": [a.clone()]}).to_string();
-        let first = JwkSet::parse(first.as_bytes(), None, &JwkSet::default()).unwrap();
+        let first = JwkSet::parse(first.as_bytes(), None, &JwkSet::default(), "test").unwrap();
         let second = serde_json::json!({"keys": [a, b]}).to_string();
-        let second = JwkSet::parse(second.as_bytes(), None, &first).unwrap();
+        let second = JwkSet::parse(second.as_bytes(), None, &first, "test").unwrap();
         let before = first.select(Some("a"), Algorithm::Es256).unwrap();
         let after = second.select(Some("a"), Algorithm::Es256).unwrap();
         assert!(Arc::ptr_eq(&before, &after), "same JWK, same verifier");
         // A kid reused for a different key gets a new verifier.
         let reused = serde_json::json!({"keys": [es_jwk("a")]}).to_string();
-        let third = JwkSet::parse(reused.as_bytes(), None, &second).unwrap();
+        let third = JwkSet::parse(reused.as_bytes(), None, &second, "test").unwrap();
         let replaced = third.select(Some("a"), Algorithm::Es256).unwrap();
         assert!(!Arc::ptr_eq(&after, &replaced));
         // Without a kid, only when the set holds exactly one key.
