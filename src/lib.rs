@@ -25,5 +25,6 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod token;
+pub mod tls;
 pub mod token_cache;
 pub mod watch;
