@@ -65,7 +65,11 @@ impl Upstream {
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
             Some("https") => Scheme::HTTPS,
-            _ => return Err(format!("`{text}` must be an http:// or https:// URL or `demo`")),
+            _ => {
+                return Err(format!(
+                    "`{text}` must be an http:// or https:// URL or `demo`"
+                ))
+            }
         };
         let authority = uri
             .authority()

@@ -24,7 +24,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
-pub mod token;
 pub mod tls;
+pub mod token;
 pub mod token_cache;
 pub mod watch;

@@ -103,10 +103,8 @@ pub async fn serve_public(
         let watcher = graceful.watcher();
         let (runtime, upstream_client) = (runtime.clone(), upstream_client.clone());
         tokio::spawn(async move {
-            let handshake = tokio::time::timeout(
-                limits.tls_handshake_timeout.0,
-                acceptor.accept(stream),
-            );
+            let handshake =
+                tokio::time::timeout(limits.tls_handshake_timeout.0, acceptor.accept(stream));
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -157,8 +155,9 @@ fn gateway_service(
     Request<Incoming>,
     Response = hyper::Response<crate::body::Body>,
     Error = Infallible,
-    Future = impl std::future::Future<Output = Result<hyper::Response<crate::body::Body>, Infallible>>
-                 + Send,
+    Future = impl std::future::Future<
+        Output = Result<hyper::Response<crate::body::Body>, Infallible>,
+    > + Send,
 > + Clone {
     let (runtime, upstream_client) = (runtime.clone(), upstream_client.clone());
     service_fn(move |request: Request<Incoming>| {

@@ -23,8 +23,8 @@ use crate::policy::jwt::JwtPolicy;
 use crate::policy::Policy;
 use crate::router::{self, Route, RouteMatch};
 use crate::runtime::GeneratedKeys;
-use crate::token::discovery;
 use crate::tls::UpstreamTls;
+use crate::token::discovery;
 use crate::token::endpoint::TokenEndpoint;
 
 /// One loaded configuration.
@@ -321,10 +321,7 @@ fn build_route(source: &ConfigSource, config: &RouteConfig) -> Result<Route, (St
     match &mut upstream {
         Upstream::Http(target) => {
             if config.ca.is_some() && target.scheme != http::uri::Scheme::HTTPS {
-                return Err((
-                    "ca".into(),
-                    "applies to https:// upstreams only".into(),
-                ));
+                return Err(("ca".into(), "applies to https:// upstreams only".into()));
             }
             let ca = config.ca.as_deref().map(|ca| source.resolve(ca));
             target.tls = UpstreamTls::build(ca.as_deref(), config.http2)

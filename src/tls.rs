@@ -226,7 +226,11 @@ pub fn subject_dn(certificate: &[u8]) -> Option<String> {
             let (0x06, oid, value) = der(attribute)? else {
                 return None;
             };
-            attributes.push(format!("{}={}", attribute_name(oid), attribute_value(value)?));
+            attributes.push(format!(
+                "{}={}",
+                attribute_name(oid),
+                attribute_value(value)?
+            ));
         }
         rdns.push(attributes.join("+"));
     }
