@@ -387,3 +387,67 @@ fn default_client_config() -> Result<Arc<ClientConfig>, String> {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn certificate(subject: &[(DnType, &str)]) -> Vec<u8> {
+        let mut params = CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_subject_reads_last_rdn_first_with_short_names() {
+        let der = certificate(&[
+            (DnType::CountryName, "DE"),
+            (DnType::OrganizationName, "Acme"),
+            (DnType::OrganizationalUnitName, "Payments"),
+            (DnType::CommonName, "billing"),
+        ]);
+        assert_eq!(
+            subject_dn(&der).as_deref(),
+            Some("CN=billing,OU=Payments,O=Acme,C=DE")
+        );
+        let der = certificate(&[(DnType::CustomDnType(vec![2, 5, 4, 5]), "0042")]);
+        assert_eq!(subject_dn(&der).as_deref(), Some("2.5.4.5=0042"));
+    }
+
+    #[test]
+    fn subject_values_are_escaped_and_control_characters_never_pass() {
+        let der = certificate(&[(DnType::CommonName, " a,b+c\"d\\e<f>g;h\n#")]);
+        assert_eq!(
+            subject_dn(&der).as_deref(),
+            Some(r#"CN=\ a\,b\+c\"d\\e\<f\>g\;h\0a#"#)
+        );
+        let der = certificate(&[(DnType::CommonName, "#lead trail ")]);
+        assert_eq!(subject_dn(&der).as_deref(), Some(r"CN=\#lead trail\ "));
+    }
+
+    #[test]
+    fn an_empty_or_unreadable_subject_is_none() {
+        assert_eq!(subject_dn(&certificate(&[])), None);
+        assert_eq!(subject_dn(b""), None);
+        assert_eq!(subject_dn(&[0x30, 0x82, 0xff]), None);
+        let der = certificate(&[(DnType::CommonName, "x")]);
+        for cut in [1, 10, der.len() / 2, der.len() - 1] {
+            // Truncated: the outer length no longer fits, never a panic.
+            assert_eq!(subject_dn(&der[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn dotted_oids_decode_multi_byte_arcs() {
+        assert_eq!(
+            dotted_oid(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]),
+            "1.2.840.113549"
+        );
+        assert_eq!(dotted_oid(&[0x55, 0x04, 0x03]), "2.5.4.3");
+    }
+}

@@ -733,6 +733,121 @@ routes:
     assert_eq!(upstream.count(), 2, "nothing more reached the upstream");
 }
 
+/// Log output collected in memory (JSON lines).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Installs a JSON subscriber for this test's thread (the gateway runs
+    /// on the test's current-thread runtime).
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("jwtgate=info")
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_verified_client_subject_is_in_the_access_log() {
+    let captured = Captured::default();
+    let _guard = captured.install();
+    let ca = Ca::new("listener CA");
+    let clients = Ca::new("client CA");
+    let gateway = https_gateway(
+        &ca.server("gateway", p256()),
+        &[("clients.pem", &clients.pem)],
+        &format!(
+            "tls: {{cert: tls/cert.pem, key: tls/key.pem, client_ca: clients.pem}}\n{TUTORIAL}"
+        ),
+    )
+    .await;
+    let good = clients.client("billing", "Acme");
+    let mut client = TlsClient::connect(gateway.addr(), &ca.pem, Some(&good), &[b"h2"])
+        .await
+        .unwrap();
+    replay_tutorial(&mut client, Version::HTTP_2).await;
+    let access: Vec<Value> = captured
+        .lines()
+        .into_iter()
+        .filter(|line| line["target"] == "jwtgate::access")
+        .collect();
+    assert_eq!(access.len(), 2, "{access:?}");
+    for line in &access {
+        assert_eq!(
+            line["fields"]["client_subject"], "CN=billing,O=Acme",
+            "{line}"
+        );
+    }
+    assert_eq!(access[1]["fields"]["subject"], "my-client");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_in_clear_text_off_loopback_is_warned_about() {
+    let captured = Captured::default();
+    let _guard = captured.install();
+    let ca = Ca::new("listener CA");
+    let leaf = ca.server("gateway", p256());
+    let endpoint = "token_endpoint: {path: /token, signing_key: gw, audience: a, clients: []}\n";
+    let warnings = |captured: &Captured| {
+        captured
+            .lines()
+            .iter()
+            .filter(|l| l["level"] == "WARN")
+            .filter_map(|l| l["fields"]["message"].as_str().map(str::to_owned))
+            .filter(|m| m.contains("RFC 6749 §2.3.1"))
+            .count()
+    };
+    for (listen, tls, warned) in [
+        ("127.0.0.1:0", "", 0),
+        ("0.0.0.0:0", TLS_KEYS, 0),
+        ("0.0.0.0:0", "", 1),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_leaf(dir.path(), &leaf);
+        write_keys(dir.path());
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: {listen}\nadmin: 127.0.0.1:0\n{tls}{endpoint}\
+                 keys: [{{kid: gw, alg: RS256, private_key: keys/gw.pem}}]\n"
+            ),
+        )
+        .unwrap();
+        let before = warnings(&captured);
+        let running = jwtgate::server::RunningGateway::start(ConfigSource::read(&path).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            warnings(&captured) - before,
+            warned,
+            "listen {listen} tls {tls:?}"
+        );
+        running.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Certificate reload
 // ---------------------------------------------------------------------------
