@@ -84,6 +84,8 @@ impl Ca {
     /// A client certificate with this subject.
     fn client(&self, cn: &str, org: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Written O then CN: RFC 4514 reads it back CN first.
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
             .push(DnType::OrganizationName, org);
