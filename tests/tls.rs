@@ -184,6 +184,15 @@ struct TlsClient {
 }
 
 fn client_config(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    client_config_with(&rustls::DEFAULT_VERSIONS, ca_pem, identity, alpn)
+}
+
+fn client_config_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    ca_pem: &str,
+    identity: Option<&Leaf>,
+    alpn: &[&[u8]],
+) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -191,7 +200,7 @@ fn client_config(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&[u8]]) -> rustl
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots);
     let mut config = match identity {
@@ -535,6 +544,17 @@ async fn rsa_ecdsa_and_ed25519_certificates_are_served() {
                 .get("/nowhere", &[])
                 .await
                 .assert_error(404, "not_found");
+        }
+        // TLS 1.2 as well as 1.3.
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let config = client_config_with(&[version], &ca.pem, None, &[]);
+            let tcp = TcpStream::connect(gateway.addr()).await.unwrap();
+            let server = ServerName::try_from("localhost").unwrap();
+            let stream = TlsConnector::from(Arc::new(config))
+                .connect(server, tcp)
+                .await
+                .unwrap_or_else(|e| panic!("{name} {version:?}: {e}"));
+            assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
         }
         gateway.running.shutdown().await;
     }
@@ -941,6 +961,8 @@ struct Seen {
     path: String,
     subject: Option<String>,
     host: Option<String>,
+    /// The gateway's end of the connection the request came on.
+    peer: SocketAddr,
 }
 
 /// An HTTPS upstream on 127.0.0.1:0 serving `leaf`, HTTP/1.1 or HTTP/2 by
@@ -966,7 +988,7 @@ async fn https_upstream(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let record = seen.clone();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        while let Ok((stream, peer)) = listener.accept().await {
             let (acceptor, record) = (acceptor.clone(), record.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
@@ -985,6 +1007,7 @@ async fn https_upstream(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                             version: request.version(),
                             path: request.uri().path().to_owned(),
                             subject: header("x-auth-subject"),
+                            peer,
                             host: header("host")
                                 .or_else(|| request.uri().authority().map(|a| a.to_string())),
                         });
@@ -1041,6 +1064,11 @@ async fn an_https_upstream_with_a_private_ca_is_reached_over_http1_and_http2() {
     }
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 6);
+    // Pooled: one connection per route (HTTP/1.1 keep-alive, one h2).
+    let mut connections: Vec<SocketAddr> = seen.iter().map(|s| s.peer).collect();
+    connections.sort();
+    connections.dedup();
+    assert_eq!(connections.len(), 2, "{seen:?}");
     let host = format!("localhost:{port}");
     for (i, request) in seen.iter().enumerate() {
         let (version, path) = if i % 2 == 0 {
