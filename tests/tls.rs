@@ -184,7 +184,7 @@ struct TlsClient {
 }
 
 fn client_config(ca_pem: &str, identity: Option<&Leaf>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    client_config_with(&rustls::DEFAULT_VERSIONS, ca_pem, identity, alpn)
+    client_config_with(rustls::DEFAULT_VERSIONS, ca_pem, identity, alpn)
 }
 
 fn client_config_with(
