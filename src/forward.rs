@@ -280,7 +280,12 @@ pub async fn send(
                 "the request body could not be read",
             ))
         }
-        Ok(Err(error)) => return Err(classify(&error)),
+        Ok(Err(error)) => {
+            // The cause (a TLS alert, a refused connection) is only in the
+            // source chain; the client's answer says no more than 502.
+            tracing::debug!(error = %ErrorChain(&error), "upstream request failed");
+            return Err(classify(&error));
+        }
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
@@ -291,6 +296,21 @@ pub async fn send(
         parts,
         body.map_err(Into::into).boxed(),
     ))
+}
+
+/// An error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// Maps a client error to connect / reset / protocol. A TLS failure
