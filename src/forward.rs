@@ -105,8 +105,9 @@ pub struct UpstreamClient {
     clients: Arc<Mutex<HashMap<UpstreamTlsKey, PooledClient>>>,
 }
 
-/// Past this many distinct settings (`ca:` files changed by reloads), the
-/// unused clients are dropped.
+/// Past this many distinct settings (`ca:` files replaced by reloads),
+/// every client is dropped; the current routes' clients are made again on
+/// their next request (their pools start afresh).
 const MAX_CLIENTS: usize = 64;
 
 impl UpstreamClient {

@@ -1,7 +1,7 @@
 //! The listeners: accept, serve HTTP/1.1 connections (and HTTP/2 over TLS,
-//! chosen by ALPN) with the configured limits, and shut down in order — stop accepting on the public listener,
-//! mark not ready, drain requests in flight up to `limits.drain_timeout`,
-//! then stop the admin listener.
+//! chosen by ALPN) with the configured limits, and shut down in order —
+//! stop accepting on the public listener, mark not ready, drain requests in
+//! flight up to `limits.drain_timeout`, then stop the admin listener.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
