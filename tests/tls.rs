@@ -991,40 +991,91 @@ async fn https_upstream(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
         while let Ok((stream, peer)) = listener.accept().await {
             let (acceptor, record) = (acceptor.clone(), record.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let record = record.clone();
-                    async move {
-                        let header = |name: &str| {
-                            request
-                                .headers()
-                                .get(name)
-                                .map(|v| v.to_str().unwrap().to_owned())
-                        };
-                        record.lock().unwrap().push(Seen {
-                            version: request.version(),
-                            path: request.uri().path().to_owned(),
-                            subject: header("x-auth-subject"),
-                            peer,
-                            host: header("host")
-                                .or_else(|| request.uri().authority().map(|a| a.to_string())),
-                        });
-                        let response = Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(br#"{"tls":"ok"}"#)))
-                            .unwrap();
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve_recording(stream, peer, record).await;
+                }
             });
         }
     });
     (addr, seen)
+}
+
+/// A plain-HTTP upstream speaking HTTP/1.1 and prior-knowledge HTTP/2.
+async fn h2c_upstream() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(serve_recording(stream, peer, record.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+/// Serves one upstream connection: records each request, answers
+/// `{"tls":"ok"}`.
+async fn serve_recording<S>(stream: S, peer: SocketAddr, record: Arc<Mutex<Vec<Seen>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let record = record.clone();
+        async move {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            record.lock().unwrap().push(Seen {
+                version: request.version(),
+                path: request.uri().path().to_owned(),
+                subject: header("x-auth-subject"),
+                peer,
+                host: header("host").or_else(|| request.uri().authority().map(|a| a.to_string())),
+            });
+            let response = Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(br#"{"tls":"ok"}"#)))
+                .unwrap();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+#[tokio::test]
+async fn http2_true_on_a_plain_upstream_speaks_prior_knowledge_h2c() {
+    let (addr, seen) = h2c_upstream().await;
+    let gateway = Gateway::start(&format!(
+        "listen: 127.0.0.1:0
+routes:
+  - name: h2c
+    match: {{path_prefix: /h2c}}
+    upstream: http://{addr}
+    http2: true
+  - name: h1
+    match: {{path_prefix: /h1}}
+    upstream: http://{addr}
+"
+    ))
+    .await;
+    for path in ["/h2c/a", "/h1/b", "/h2c/c"] {
+        let answer = get(&gateway.url(path), &[]).await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.body, r#"{"tls":"ok"}"#);
+    }
+    let seen = seen.lock().unwrap().clone();
+    let versions: Vec<Version> = seen.iter().map(|s| s.version).collect();
+    assert_eq!(
+        versions,
+        [Version::HTTP_2, Version::HTTP_11, Version::HTTP_2]
+    );
+    assert_eq!(seen[0].peer, seen[2].peer, "one pooled h2 connection");
 }
 
 #[tokio::test]
