@@ -1227,6 +1227,64 @@ async fn an_untrusted_upstream_certificate_is_a_502_counted_as_connect() {
 // curl
 // ---------------------------------------------------------------------------
 
+/// Runs curl with `--http2 --cacert CA` against `localhost:PORT` (resolved
+/// to 127.0.0.1); the body and `"HTTP_VERSION STATUS"`, or curl's error.
+fn curl(ca_path: &Path, port: u16, args: &[String]) -> Result<(String, String), String> {
+    let output = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--http2", "--max-time", "10"])
+        .arg("--cacert")
+        .arg(ca_path)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["--write-out", "\n%{http_version} %{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is required for this test (.ci/run installs it)");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    Ok((body.to_owned(), status.to_owned()))
+}
+
+/// SPEC §1 with curl over HTTPS, asserting HTTP/2 was used.
+fn curl_tutorial(ca_path: &Path, port: u16) -> Result<(), String> {
+    let base = format!("https://localhost:{port}");
+    let (body, status) = curl(
+        ca_path,
+        port,
+        &[
+            "-X".into(),
+            "POST".into(),
+            format!("{base}/demo/oauth2/token"),
+            "-H".into(),
+            "Content-Type: application/x-www-form-urlencoded".into(),
+            "-u".into(),
+            "my-client:my-secret".into(),
+            "-d".into(),
+            "grant_type=client_credentials".into(),
+        ],
+    )?;
+    assert_eq!(status, "2 200", "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["scope"], "read write");
+    let token = json["access_token"].as_str().unwrap();
+
+    let (body, status) = curl(
+        ca_path,
+        port,
+        &[
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            format!("{base}/demo/resource"),
+        ],
+    )?;
+    assert_eq!(status, "2 200", "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json, json!({"client": "my-client", "scopes": "read write"}));
+    Ok(())
+}
+
 #[tokio::test]
 async fn curl_replays_the_tutorial_over_https_with_http2() {
     let ca = Ca::new("listener CA");
@@ -1238,55 +1296,62 @@ async fn curl_replays_the_tutorial_over_https_with_http2() {
     .await;
     let port = gateway.addr().port();
     let ca_path = gateway.dir.path().join("ca.pem");
-    let curl = move |args: Vec<String>| {
-        let ca_path = ca_path.clone();
-        tokio::task::spawn_blocking(move || {
-            let output = std::process::Command::new("curl")
-                .args(["--silent", "--show-error", "--http2", "--max-time", "10"])
-                .arg("--cacert")
-                .arg(&ca_path)
-                .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-                .args(["--write-out", "\n%{http_version} %{http_code}"])
-                .args(args)
-                .output()
-                .expect("curl is required for this test (.ci/run installs it)");
-            assert!(
-                output.status.success(),
-                "curl failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let text = String::from_utf8(output.stdout).unwrap();
-            let (body, status) = text.rsplit_once('\n').unwrap();
-            (body.to_owned(), status.to_owned())
-        })
-    };
-    let base = format!("https://localhost:{port}");
-    let (body, status) = curl(vec![
-        "-X".into(),
-        "POST".into(),
-        format!("{base}/demo/oauth2/token"),
-        "-H".into(),
-        "Content-Type: application/x-www-form-urlencoded".into(),
-        "-u".into(),
-        "my-client:my-secret".into(),
-        "-d".into(),
-        "grant_type=client_credentials".into(),
-    ])
-    .await
-    .unwrap();
-    assert_eq!(status, "2 200");
-    let json: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["scope"], "read write");
-    let token = json["access_token"].as_str().unwrap();
+    tokio::task::spawn_blocking(move || curl_tutorial(&ca_path, port))
+        .await
+        .unwrap()
+        .unwrap();
+}
 
-    let (body, status) = curl(vec![
-        "-H".into(),
-        format!("Authorization: Bearer {token}"),
-        format!("{base}/demo/resource"),
-    ])
-    .await
+#[path = "common/process.rs"]
+mod process;
+
+/// The real binary, serving on two threads (each with its own accept loop
+/// and TLS state): curl replays the tutorial, then a certificate from a new
+/// CA written to disk is served to new connections without a restart.
+#[test]
+fn the_binary_serves_https_on_every_thread_and_picks_up_a_renewed_certificate() {
+    let old_ca = Ca::new("old CA");
+    let new_ca = Ca::new("new CA");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_leaf(d, &old_ca.server("gateway", p256()));
+    write_keys(d);
+    std::fs::write(d.join("old-ca.pem"), &old_ca.pem).unwrap();
+    std::fs::write(d.join("new-ca.pem"), &new_ca.pem).unwrap();
+    let config = d.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n{TLS_KEYS}\
+             keys:\n  - {{kid: gw, alg: RS256, private_key: keys/gw.pem}}\n{TUTORIAL}"
+        ),
+    )
     .unwrap();
-    assert_eq!(status, "2 200");
-    let json: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json, json!({"client": "my-client", "scopes": "read write"}));
+    let mut command = process::jwtgate();
+    command.args(["run", "-c", config.to_str().unwrap(), "--threads", "2"]);
+    let mut server = process::Server::spawn(command);
+    let addr = server
+        .next_listening(std::time::Instant::now() + process::LISTEN_TIMEOUT)
+        .expect("no `listening on` line");
+    let port = addr.port();
+    // Several connections, so both threads (very likely) serve some.
+    for _ in 0..8 {
+        curl_tutorial(&d.join("old-ca.pem"), port).unwrap();
+    }
+    assert!(curl_tutorial(&d.join("new-ca.pem"), port).is_err());
+
+    write_leaf(d, &new_ca.server("gateway", p256()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while curl_tutorial(&d.join("new-ca.pem"), port).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not served within 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..8 {
+        curl_tutorial(&d.join("new-ca.pem"), port).unwrap();
+        let refused = curl_tutorial(&d.join("old-ca.pem"), port).unwrap_err();
+        assert!(refused.contains("certificate"), "{refused}");
+    }
 }
