@@ -529,6 +529,109 @@ routes:
     assert_eq!(answer.status, 200);
 }
 
+/// One HTTP/2 frame: (type, flags, stream id, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    bytes.extend([kind, flags]);
+    bytes.extend(stream.to_be_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
+/// Reads frames until `stop` says so, the peer closes, or the deadline.
+async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    stop: impl Fn(&Frame) -> bool,
+) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let frame = (head[3], head[4], id, payload);
+            let done = stop(&frame);
+            frames.push(frame);
+            if done {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DEADLINE, read).await;
+    frames
+}
+
+/// Raw HTTP/2 over TLS: the limits the gateway advertises, and a flood of
+/// streams opened and reset at once (rapid reset, CVE-2023-44487) ends in
+/// a GOAWAY `ENHANCE_YOUR_CALM` instead of unbounded work.
+#[tokio::test]
+async fn http2_advertises_its_limits_and_stops_a_rapid_reset_flood() {
+    use tokio::io::AsyncWriteExt;
+    let ca = Ca::new("listener CA");
+    let gateway = https_gateway(
+        &ca.server("gateway", p256()),
+        &[],
+        &format!("{TLS_KEYS}limits: {{h2_max_concurrent_streams: 7, max_header_bytes: 4096}}\n"),
+    )
+    .await;
+    let config = client_config(&ca.pem, None, &[b"h2"]);
+    let tcp = TcpStream::connect(gateway.addr()).await.unwrap();
+    let mut stream = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    stream.write_all(&hello).await.unwrap();
+
+    let frames = read_frames(&mut stream, |f| f.0 == 0x4 && f.1 & 0x1 == 0).await;
+    let (_, _, _, settings) = frames.last().expect("no SETTINGS from the server");
+    let setting = |id: u16| {
+        settings
+            .chunks(6)
+            .find(|s| u16::from_be_bytes([s[0], s[1]]) == id)
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    };
+    assert_eq!(setting(0x3), Some(7), "SETTINGS_MAX_CONCURRENT_STREAMS");
+    assert_eq!(setting(0x6), Some(8192), "SETTINGS_MAX_HEADER_LIST_SIZE");
+
+    // HEADERS (GET https /, END_STREAM|END_HEADERS) then RST_STREAM(CANCEL),
+    // 1000 times, in one write.
+    let mut flood = frame(0x4, 0x1, 0, &[]); // ack the server's SETTINGS
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(0x1, 0x5, id, &[0x82, 0x87, 0x84]));
+        flood.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = stream.write_all(&flood).await;
+    let frames = read_frames(&mut stream, |f| f.0 == 0x7).await;
+    let (_, _, _, goaway) = frames
+        .iter()
+        .find(|f| f.0 == 0x7)
+        .expect("the flood did not end in a GOAWAY");
+    let code = u32::from_be_bytes([goaway[4], goaway[5], goaway[6], goaway[7]]);
+    assert_eq!(code, 0xb, "GOAWAY ENHANCE_YOUR_CALM");
+    let answered = frames.iter().filter(|f| f.0 == 0x1).count();
+    assert!(answered < 100, "{answered} streams were answered");
+
+    // Other clients are unaffected.
+    let mut client = TlsClient::h2(gateway.addr(), &ca.pem).await;
+    client
+        .get("/nowhere", &[])
+        .await
+        .assert_error(404, "not_found");
+}
+
 #[tokio::test]
 async fn rsa_ecdsa_and_ed25519_certificates_are_served() {
     let ca = Ca::new("listener CA");
