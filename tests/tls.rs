@@ -1053,6 +1053,47 @@ async fn a_broken_certificate_is_refused_and_the_old_one_kept() {
     assert!(runtime.reload_stats().failure >= 2);
 }
 
+/// Reloads `config` with `yaml` (a SIGHUP-style reload, run off the
+/// runtime's thread) and returns how it ended.
+async fn reload_with(gateway: &Gateway, yaml: String) -> jwtgate::reload::Outcome {
+    replace(&gateway.dir.path().join("gateway.yaml"), &yaml);
+    let runtime = gateway.running.runtime.clone();
+    tokio::task::spawn_blocking(move || runtime.reload(Trigger::Signal))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn adding_or_removing_tls_needs_a_restart_and_the_listener_keeps_its_protocol() {
+    let ca = Ca::new("listener CA");
+    let leaf = ca.server("gateway", p256());
+    let base = "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\n\
+                keys:\n  - {kid: gw, alg: RS256, private_key: keys/gw.pem}\n";
+
+    // Started with TLS; a reload that drops `tls:` applies the rest, and
+    // the listener keeps serving HTTPS with the certificate it had.
+    let gateway = https_gateway(&leaf, &[], TLS_KEYS).await;
+    let outcome = reload_with(&gateway, base.to_owned()).await;
+    assert_eq!(outcome, jwtgate::reload::Outcome::Applied);
+    assert!(gateway.running.runtime.snapshot().tls.is_none());
+    let mut client = TlsClient::h2(gateway.addr(), &ca.pem).await;
+    assert_eq!(client.leaf, leaf.der());
+    client
+        .get("/nowhere", &[])
+        .await
+        .assert_error(404, "not_found");
+
+    // Started plain; a reload that adds `tls:` leaves it plain.
+    let gateway = Gateway::start(base).await;
+    write_leaf(gateway.dir.path(), &leaf);
+    let outcome = reload_with(&gateway, format!("{base}{TLS_KEYS}")).await;
+    assert_eq!(outcome, jwtgate::reload::Outcome::Applied);
+    assert!(gateway.running.runtime.snapshot().tls.is_some());
+    get(&gateway.url("/nowhere"), &[])
+        .await
+        .assert_error(404, "not_found");
+}
+
 // ---------------------------------------------------------------------------
 // https upstreams
 // ---------------------------------------------------------------------------
