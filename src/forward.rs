@@ -1,9 +1,10 @@
 //! Building the upstream request, removing hop-by-hop headers, and sending
 //! it over the pooled client with the body streamed both ways.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue, CONNECTION, HOST};
@@ -102,27 +103,32 @@ pub type PooledClient = Client<HttpsConnector<HttpConnector>, Body>;
 /// connections and a reload that keeps a route's `ca:` keeps its pool.
 #[derive(Clone, Default)]
 pub struct UpstreamClient {
-    clients: Arc<Mutex<HashMap<UpstreamTlsKey, PooledClient>>>,
+    /// Routes without `ca:` or `http2:` (nearly all): no lookup per request.
+    default: Arc<OnceLock<PooledClient>>,
+    others: Arc<Mutex<HashMap<UpstreamTlsKey, PooledClient>>>,
 }
 
 /// Past this many distinct settings (`ca:` files replaced by reloads),
-/// every client is dropped; the current routes' clients are made again on
-/// their next request (their pools start afresh).
+/// every other client is dropped; the current routes' clients are made
+/// again on their next request (their pools start afresh).
 const MAX_CLIENTS: usize = 64;
 
 impl UpstreamClient {
     /// The pooled client for `tls`.
-    pub fn pooled(&self, tls: &UpstreamTls) -> PooledClient {
-        let mut clients = lock(&self.clients);
+    pub fn pooled(&self, tls: &UpstreamTls) -> Cow<'_, PooledClient> {
+        if tls.key == UpstreamTlsKey::DEFAULT {
+            return Cow::Borrowed(self.default.get_or_init(|| pooled_client(tls)));
+        }
+        let mut clients = lock(&self.others);
         if let Some(client) = clients.get(&tls.key) {
-            return client.clone();
+            return Cow::Owned(client.clone());
         }
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
         let client = pooled_client(tls);
         clients.insert(tls.key, client.clone());
-        client
+        Cow::Owned(client)
     }
 }
 

@@ -327,6 +327,14 @@ pub struct UpstreamTlsKey {
     pub http2: bool,
 }
 
+impl UpstreamTlsKey {
+    /// No `ca:`, no `http2:`: the default roots, HTTP/1.1.
+    pub const DEFAULT: UpstreamTlsKey = UpstreamTlsKey {
+        ca: None,
+        http2: false,
+    };
+}
+
 impl PartialEq for UpstreamTls {
     fn eq(&self, other: &Self) -> bool {
         self.key == other.key
