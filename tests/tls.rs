@@ -1365,6 +1365,24 @@ async fn an_untrusted_upstream_certificate_is_a_502_counted_as_connect() {
     let answer = client.get("/right", &[]).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(seen.lock().unwrap().len(), 1);
+
+    // The route's `ca:` file is watched: once it holds the right CA, the
+    // route reaches its upstream, without a restart.
+    replace(&gateway.dir.path().join("other-ca.pem"), &upstream_ca.pem);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let answer = client.get("/wrong", &[]).await;
+        if answer.status == 200 {
+            break;
+        }
+        answer.assert_error(502, "bad_gateway");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new ca: was not used within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------------------
