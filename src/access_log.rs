@@ -4,7 +4,9 @@
 //!
 //! Fields: `route`, `method`, `path` (never the query string, where tokens
 //! are sometimes put), `status`, `duration_ms`, `upstream_ms`, `subject`,
-//! `bytes`, `reason` (the auth failure), `request_id`, `peer`, `completed`.
+//! `bytes`, `reason` (the auth failure), `request_id`, `peer`,
+//! `client_subject` (the verified client certificate's subject, mTLS only),
+//! `completed`.
 //! The token and the other request headers are never logged.
 
 use std::net::SocketAddr;
@@ -40,6 +42,8 @@ pub struct AccessRecord {
     pub reason: Option<&'static str>,
     pub request_id: HeaderValue,
     pub peer: SocketAddr,
+    /// The verified client certificate's subject (mTLS).
+    pub client_subject: Option<std::sync::Arc<str>>,
 }
 
 impl AccessRecord {
@@ -57,6 +61,7 @@ impl AccessRecord {
             reason = self.reason,
             request_id = self.request_id.to_str().unwrap_or(""),
             peer = %self.peer,
+            client_subject = self.client_subject.as_deref(),
             completed,
         );
     }

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// HTTPS (and HTTP/2 by ALPN) on `listen`; plain HTTP without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -70,13 +73,34 @@ impl FileConfig {
     /// directory). Hot reload watches them and hashes their contents; a
     /// feature that reads a file must list it here.
     pub fn named_files(&self) -> Vec<&Path> {
-        self.keys
+        let mut files: Vec<&Path> = self
+            .keys
             .iter()
             .flat_map(|key| [key.private_key.as_deref(), key.public_key.as_deref()])
             .chain(self.jwks.iter().map(|jwks| jwks.ca.as_deref()))
             .flatten()
-            .collect()
+            .collect();
+        if let Some(tls) = &self.tls {
+            files.extend([tls.cert.as_path(), tls.key.as_path()]);
+            files.extend(tls.client_ca.as_deref());
+        }
+        files.extend(self.routes.iter().filter_map(|route| route.ca.as_deref()));
+        files
     }
+}
+
+/// `tls:` on the public listener: PEM files, relative to the config.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates that sign client certificates: with it, every client
+    /// must present a valid certificate (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -104,6 +128,10 @@ pub struct Limits {
     /// On SIGTERM, how long requests in flight may take to finish before
     /// their connections are closed.
     pub drain_timeout: ConfigDuration,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake_timeout: ConfigDuration,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -115,6 +143,8 @@ impl Default for Limits {
             upstream_timeout: ConfigDuration(Duration::from_secs(30)),
             header_read_timeout: ConfigDuration(Duration::from_secs(10)),
             drain_timeout: ConfigDuration(Duration::from_secs(30)),
+            tls_handshake_timeout: ConfigDuration(Duration::from_secs(10)),
+            h2_max_concurrent_streams: 100,
         }
     }
 }
@@ -130,8 +160,8 @@ pub struct JwksConfig {
     pub issuer: String,
     #[serde(default = "default_jwks_refresh")]
     pub refresh: ConfigDuration,
-    /// A PEM file of CA certificates trusted for this provider, beside the
-    /// platform's and Mozilla's roots.
+    /// A PEM file of CA certificates trusted for this provider instead of
+    /// the platform's and Mozilla's roots (as a route's `ca:`).
     #[serde(default)]
     pub ca: Option<PathBuf>,
     /// Allows `http://` to a non-loopback host (keys could be swapped in
@@ -241,6 +271,14 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// A PEM file of CA certificates: the only roots trusted for this
+    /// route's `https://` upstream.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Speak HTTP/2 to the upstream (ALPN `h2` over TLS, prior knowledge
+    /// over plain HTTP).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// `routes[].match`.

@@ -1,20 +1,26 @@
 //! Building the upstream request, removing hop-by-hop headers, and sending
 //! it over the pooled client with the body streamed both ways.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue, CONNECTION, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::{Body, BodyState};
 use crate::error::GatewayError;
+use crate::lock::lock;
 use crate::policy::Verdict;
+use crate::tls::{UpstreamTls, UpstreamTlsKey};
 
 /// Where a route forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +34,7 @@ pub enum Upstream {
     },
 }
 
-/// `http://host:port/base`, parsed once at load.
+/// `http(s)://host:port/base`, parsed once at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUpstream {
     pub scheme: Scheme,
@@ -37,6 +43,8 @@ pub struct HttpUpstream {
     pub base_path: String,
     /// `Host` for upstream requests (the authority), made once at load.
     pub host_header: HeaderValue,
+    /// Roots and protocol for this upstream (the route's `ca:`, `http2:`).
+    pub tls: UpstreamTls,
 }
 
 impl Upstream {
@@ -57,12 +65,12 @@ impl Upstream {
             .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
-            Some("https") => {
+            Some("https") => Scheme::HTTPS,
+            _ => {
                 return Err(format!(
-                    "`{text}`: https upstreams are not supported by this build yet (use http://)"
+                    "`{text}` must be an http:// or https:// URL or `demo`"
                 ))
             }
-            _ => return Err(format!("`{text}` must be an http:// URL or `demo`")),
         };
         let authority = uri
             .authority()
@@ -81,20 +89,71 @@ impl Upstream {
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             host_header,
+            tls: UpstreamTls::build(None, false)?,
         }))
     }
 }
 
-/// The pooled keep-alive client shared by every route.
-pub type UpstreamClient = Client<HttpConnector, Body>;
+/// One pooled keep-alive client (plain HTTP and TLS).
+pub type PooledClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// The upstream clients of one serving thread (or of the shared runtime):
+/// one pooled client per distinct [`UpstreamTlsKey`], made on first use
+/// and kept across reloads, so routes with the same settings share
+/// connections and a reload that keeps a route's `ca:` keeps its pool.
+#[derive(Clone, Default)]
+pub struct UpstreamClient {
+    /// Routes without `ca:` or `http2:` (nearly all): no lookup per request.
+    default: Arc<OnceLock<PooledClient>>,
+    others: Arc<Mutex<HashMap<UpstreamTlsKey, PooledClient>>>,
+}
+
+/// Past this many distinct settings (`ca:` files replaced by reloads),
+/// every other client is dropped; the current routes' clients are made
+/// again on their next request (their pools start afresh).
+const MAX_CLIENTS: usize = 64;
+
+impl UpstreamClient {
+    /// The pooled client for `tls`.
+    pub fn pooled(&self, tls: &UpstreamTls) -> Cow<'_, PooledClient> {
+        if tls.key == UpstreamTlsKey::DEFAULT {
+            return Cow::Borrowed(self.default.get_or_init(|| pooled_client(tls)));
+        }
+        let mut clients = lock(&self.others);
+        if let Some(client) = clients.get(&tls.key) {
+            return Cow::Owned(client.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let client = pooled_client(tls);
+        clients.insert(tls.key, client.clone());
+        Cow::Owned(client)
+    }
+}
 
 pub fn client() -> UpstreamClient {
+    UpstreamClient::default()
+}
+
+fn pooled_client(tls: &UpstreamTls) -> PooledClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.enforce_http(true);
+    // https:// URLs reach the TLS layer around this connector.
+    connector.enforce_http(false);
+    // SNI and certificate checks use the URL's host.
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config((*tls.config).clone())
+        .https_or_http();
+    let connector = if tls.key.http2 {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder.enable_http1().wrap_connector(connector)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
+        .http2_only(tls.key.http2)
         .build(connector)
 }
 
@@ -214,7 +273,7 @@ fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
 /// request's [`crate::body::LimitedBody`]'s: a failure caused by the
 /// client's body is the client's (413 or 400), not the upstream's.
 pub async fn send(
-    client: &UpstreamClient,
+    client: &PooledClient,
     request: Request<Body>,
     timeout: Duration,
     body_state: &BodyState,
@@ -228,18 +287,42 @@ pub async fn send(
                 "the request body could not be read",
             ))
         }
-        Ok(Err(error)) => return Err(classify(&error)),
+        Ok(Err(error)) => {
+            // The cause (a TLS alert, a refused connection) is only in the
+            // source chain; the client's answer says no more than 502.
+            tracing::debug!(error = %ErrorChain(&error), "upstream request failed");
+            return Err(classify(&error));
+        }
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    // An HTTP/2 upstream's response goes back in the client's protocol.
+    parts.version = Version::HTTP_11;
     Ok(Response::from_parts(
         parts,
         body.map_err(Into::into).boxed(),
     ))
 }
 
-/// Maps a client error to connect / reset / protocol.
+/// An error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Maps a client error to connect / reset / protocol. A TLS failure
+/// (untrusted certificate, wrong name, no common ALPN) happens while
+/// connecting, so it counts as `connect`.
 fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
     if error.is_connect() {
         return GatewayError::UpstreamConnect;

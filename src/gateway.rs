@@ -29,11 +29,14 @@ use crate::token::endpoint::Caller;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How the request reached the gateway.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
+    /// The subject of the client certificate the TLS handshake verified
+    /// (`tls.client_ca`), e.g. `CN=billing,O=Acme`.
+    pub client_subject: Option<Arc<str>>,
 }
 
 /// The `route` label of the token endpoint (a reserved route name).
@@ -75,7 +78,7 @@ pub async fn handle(
         client,
         &snapshot,
         request,
-        connection,
+        &connection,
         &request_id,
         &mut exchange,
     )
@@ -128,6 +131,7 @@ pub async fn handle(
             reason,
             request_id,
             peer: connection.peer,
+            client_subject: connection.client_subject,
         }
         .attach(response),
         None => response,
@@ -139,7 +143,7 @@ async fn route_and_forward<'s>(
     upstream_client: &UpstreamClient,
     snapshot: &'s Snapshot,
     mut request: Request<Body>,
-    connection: Connection,
+    connection: &Connection,
     request_id: &HeaderValue,
     exchange: &mut Exchange<'s>,
 ) -> Result<Response<Body>, GatewayError> {
@@ -189,6 +193,7 @@ async fn route_and_forward<'s>(
         now,
         metrics: &runtime.metrics,
         token_cache: &runtime.token_cache,
+        client_subject: connection.client_subject.as_deref(),
     };
     if let Err(error) = run_chain(route, &input, &mut verdict) {
         // A `jwks:` issuer may have rotated its keys: one refresh of its set
@@ -232,10 +237,10 @@ async fn route_and_forward<'s>(
     let upstream_request =
         forward::upstream_request(request, target, target_path, verdict, &client)?;
     match &route.upstream {
-        Upstream::Http(_) => {
+        Upstream::Http(target) => {
             let sent = Instant::now();
             let response = forward::send(
-                upstream_client,
+                &upstream_client.pooled(&target.tls),
                 upstream_request,
                 snapshot.limits.upstream_timeout.0,
                 &body_state,

@@ -176,6 +176,9 @@ impl Runtime {
         let outcome = match built {
             Ok(snapshot) => {
                 self.warn_about_restart_only_changes(&snapshot);
+                if self.snapshot().token_endpoint.is_none() {
+                    crate::tls::warn_if_cleartext_token_endpoint(&snapshot, self.started_tls);
+                }
                 let file = snapshot.source.clone();
                 self.metrics.add_routes(&snapshot.routes);
                 let cache_config = snapshot.token_cache;
@@ -238,6 +241,17 @@ impl Runtime {
                     new.source
                 );
             }
+        }
+        if self.started_tls != new.tls.is_some() {
+            let (running, wanted) = match self.started_tls {
+                true => ("HTTPS", "plain HTTP"),
+                false => ("plain HTTP", "HTTPS"),
+            };
+            tracing::warn!(
+                "{}: `tls` changed the listener from {running} to {wanted}: restart to apply it \
+                 (the rest of the reload applies; the listener keeps serving {running})",
+                new.source
+            );
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Runtime {
     /// needs a restart, which a reload says in its log line.
     pub(crate) started_listen: SocketAddr,
     pub(crate) started_admin: SocketAddr,
+    /// Whether the public listener started with `tls:`; adding or removing
+    /// it needs a restart too.
+    pub(crate) started_tls: bool,
     pub generated: GeneratedKeys,
     /// `jwks:` providers, kept across reloads while their entry is unchanged.
     pub jwks: JwksRegistry,
@@ -83,9 +86,12 @@ impl Runtime {
         metrics.add_routes(&snapshot.routes);
         metrics.last_reload_success.set(reload::unix_now_secs());
         let token_cache = TokenCache::new(&snapshot.token_cache);
+        let started_tls = snapshot.tls.is_some();
+        crate::tls::warn_if_cleartext_token_endpoint(&snapshot, started_tls);
         Ok(Arc::new(Runtime {
             started_listen: snapshot.listen,
             started_admin: snapshot.admin,
+            started_tls,
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path: source.path,
             generated,

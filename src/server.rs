@@ -1,7 +1,7 @@
-//! The listeners: accept, serve HTTP/1.1 connections with the configured
-//! limits, and shut down in order — stop accepting on the public listener,
-//! mark not ready, drain requests in flight up to `limits.drain_timeout`,
-//! then stop the admin listener.
+//! The listeners: accept, serve HTTP/1.1 connections (and HTTP/2 over TLS,
+//! chosen by ALPN) with the configured limits, and shut down in order —
+//! stop accepting on the public listener, mark not ready, drain requests in
+//! flight up to `limits.drain_timeout`, then stop the admin listener.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,19 +10,22 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use crate::config::Limits;
 use crate::forward::{self, UpstreamClient};
 use crate::gateway::{self, Connection};
 use crate::keys::remote::FETCH_TIMEOUT;
 use crate::runtime::Runtime;
+use crate::tls::PeerIdentity;
 use crate::watch::ConfigWatcher;
 
 /// Binds `addr`; the error names the address and which listener it is for.
@@ -60,6 +63,12 @@ pub(crate) async fn accept_until(
 /// (new connections are refused) and lets open connections finish, up to
 /// the `limits.drain_timeout` of the config current at that moment. Returns
 /// whether every connection finished in time.
+///
+/// The listener speaks TLS when the snapshot it starts with has `tls:`.
+/// Each new connection takes the TLS config of the snapshot current when it
+/// is accepted (a renewed certificate reaches the next connection; open
+/// ones keep theirs). A reload that drops `tls:` needs a restart: until
+/// then the last TLS config is kept.
 pub async fn serve_public(
     listener: TcpListener,
     runtime: Arc<Runtime>,
@@ -67,39 +76,64 @@ pub async fn serve_public(
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
+    let mut listener_tls = runtime.snapshot().tls.clone();
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
-        let limits = runtime.snapshot().limits.clone();
-        let runtime = runtime.clone();
-        let upstream_client = upstream_client.clone();
-        let connection = Connection {
-            peer,
-            proto: "http",
+        let snapshot = runtime.snapshot();
+        let limits = snapshot.limits.clone();
+        let Some(tls) = listener_tls.as_mut() else {
+            let connection = Connection {
+                peer,
+                proto: "http",
+                client_subject: None,
+            };
+            let service = gateway_service(&runtime, &upstream_client, connection);
+            let served = http1_builder(&limits).serve_connection(TokioIo::new(stream), service);
+            let watched = graceful.watch(served);
+            tokio::spawn(async move {
+                if let Err(e) = watched.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            });
+            return;
         };
-        let service = service_fn(move |request: Request<Incoming>| {
-            let runtime = runtime.clone();
-            let upstream_client = upstream_client.clone();
-            async move {
-                let request = request.map(|body| body.map_err(Into::into).boxed());
-                Ok::<_, Infallible>(
-                    gateway::handle(&runtime, &upstream_client, request, connection).await,
-                )
-            }
-        });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout.0)
-            // hyper answers a bare 431 past twice the limit (bounding memory);
-            // between the limit and that, the gateway answers with JSON.
-            .max_header_size(limits.max_header_bytes.saturating_mul(2));
-        // Same for the header count. (Above hyper's default of 100 this
-        // costs a heap allocation per request; a JSON 431 is worth it.)
-        builder.max_headers(limits.max_headers.saturating_mul(2));
-        let served = builder.serve_connection(TokioIo::new(stream), service);
-        let watched = graceful.watch(served);
+        if let Some(current) = &snapshot.tls {
+            *tls = current.clone();
+        }
+        let acceptor = TlsAcceptor::from(tls.clone());
+        let watcher = graceful.watcher();
+        let (runtime, upstream_client) = (runtime.clone(), upstream_client.clone());
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let handshake =
+                tokio::time::timeout(limits.tls_handshake_timeout.0, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = PeerIdentity::of(stream.get_ref().1);
+            let connection = Connection {
+                peer,
+                proto: "https",
+                client_subject: identity.client_subject,
+            };
+            let service = gateway_service(&runtime, &upstream_client, connection);
+            let io = TokioIo::new(stream);
+            // ALPN decides; a client that offers none gets HTTP/1.1.
+            let served = if identity.http2 {
+                let served = http2_builder(&limits).serve_connection(io, service);
+                watcher.watch(served).await
+            } else {
+                let served = http1_builder(&limits).serve_connection(io, service);
+                watcher.watch(served).await
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
         });
@@ -112,6 +146,72 @@ pub async fn serve_public(
         _ = tokio::time::sleep(drain) => false,
     }
 }
+
+/// Every request of one connection goes to [`gateway::handle`].
+fn gateway_service(
+    runtime: &Arc<Runtime>,
+    upstream_client: &UpstreamClient,
+    connection: Connection,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = hyper::Response<crate::body::Body>,
+    Error = Infallible,
+    Future = impl std::future::Future<
+        Output = Result<hyper::Response<crate::body::Body>, Infallible>,
+    > + Send,
+> + Clone {
+    let (runtime, upstream_client) = (runtime.clone(), upstream_client.clone());
+    service_fn(move |request: Request<Incoming>| {
+        let runtime = runtime.clone();
+        let upstream_client = upstream_client.clone();
+        let connection = connection.clone();
+        async move {
+            let request = request.map(|body| body.map_err(Into::into).boxed());
+            Ok::<_, Infallible>(
+                gateway::handle(&runtime, &upstream_client, request, connection).await,
+            )
+        }
+    })
+}
+
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        // hyper answers a bare 431 past twice the limit (bounding memory);
+        // between the limit and that, the gateway answers with JSON.
+        .max_header_size(limits.max_header_bytes.saturating_mul(2));
+    // Same for the header count. (Above hyper's default of 100 this
+    // costs a heap allocation per request; a JSON 431 is worth it.)
+    builder.max_headers(limits.max_headers.saturating_mul(2));
+    builder
+}
+
+/// HTTP/2 (over TLS only) with bounded work per connection: at most
+/// `limits.h2_max_concurrent_streams` streams, a header list bounded like
+/// HTTP/1.1's head (the gateway answers a JSON 431 between the limit and
+/// twice it), and streams reset by the client before they are served, or
+/// reset by the server for protocol errors, capped (rapid reset,
+/// CVE-2023-44487: past the cap the connection is closed with GOAWAY).
+fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let header_list = u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(header_list)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    builder
+}
+
+/// Streams a client may open and reset before the server accepts them
+/// (hyper's default is 20).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for the client's protocol errors before
+/// closing the connection (hyper's default is 1024).
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
 
 /// Where the public listener's connections are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use crate::policy::jwt::JwtPolicy;
 use crate::policy::Policy;
 use crate::router::{self, Route, RouteMatch};
 use crate::runtime::GeneratedKeys;
+use crate::tls::UpstreamTls;
 use crate::token::discovery;
 use crate::token::endpoint::TokenEndpoint;
 
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub source: String,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The listener's TLS config (`tls:`); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     pub keys: KeySet,
     pub token_endpoint: Option<TokenEndpoint>,
@@ -69,6 +72,13 @@ impl Snapshot {
         };
         check_demo_features_on_loopback(&config).map_err(|(f, m)| error(f, m))?;
         check_limits(&config.limits).map_err(|(f, m)| error(f, m))?;
+        let tls = match &config.tls {
+            Some(tls) => Some(
+                crate::tls::server_config(source, tls)
+                    .map_err(|(f, m)| error(format!("tls.{f}"), m))?,
+            ),
+            None => None,
+        };
 
         let mut keys = KeySet::default();
         for (i, key_config) in config.keys.iter().enumerate() {
@@ -102,8 +112,8 @@ impl Snapshot {
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut names = HashSet::new();
         for (i, route_config) in config.routes.iter().enumerate() {
-            let route =
-                build_route(route_config).map_err(|(f, m)| error(format!("routes[{i}].{f}"), m))?;
+            let route = build_route(source, route_config)
+                .map_err(|(f, m)| error(format!("routes[{i}].{f}"), m))?;
             if !names.insert(route.name.clone()) {
                 return Err(error(
                     format!("routes[{i}].name"),
@@ -149,6 +159,7 @@ impl Snapshot {
             source: file.clone(),
             listen: config.listen,
             admin: config.admin,
+            tls,
             limits: config.limits.clone(),
             jwks_document: discovery::jwks_document(&keys),
             keys,
@@ -212,6 +223,18 @@ fn check_limits(limits: &Limits) -> Result<(), (String, String)> {
             "must be more than 0s".into(),
         ));
     }
+    if limits.tls_handshake_timeout.0.is_zero() {
+        return Err((
+            "limits.tls_handshake_timeout".into(),
+            "must be more than 0s".into(),
+        ));
+    }
+    if limits.h2_max_concurrent_streams == 0 {
+        return Err((
+            "limits.h2_max_concurrent_streams".into(),
+            "must be at least 1".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -263,7 +286,7 @@ fn load_key(
 }
 
 /// One route; `Err((field, message))` relative to the route.
-fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
+fn build_route(source: &ConfigSource, config: &RouteConfig) -> Result<Route, (String, String)> {
     if config.name.is_empty()
         || !config
             .name
@@ -315,6 +338,23 @@ fn build_route(config: &RouteConfig) -> Result<Route, (String, String)> {
         None => None,
     };
     let mut upstream = Upstream::parse(&config.upstream).map_err(|m| ("upstream".to_owned(), m))?;
+    match &mut upstream {
+        Upstream::Http(target) => {
+            if config.ca.is_some() && target.scheme != http::uri::Scheme::HTTPS {
+                return Err(("ca".into(), "applies to https:// upstreams only".into()));
+            }
+            let ca = config.ca.as_deref().map(|ca| source.resolve(ca));
+            target.tls = UpstreamTls::build(ca.as_deref(), config.http2)
+                .map_err(|m| (if ca.is_some() { "ca" } else { "upstream" }.to_owned(), m))?;
+        }
+        Upstream::Demo { .. } if config.ca.is_some() || config.http2 => {
+            return Err((
+                if config.ca.is_some() { "ca" } else { "http2" }.into(),
+                "does not apply to the `demo` upstream".into(),
+            ));
+        }
+        Upstream::Demo { .. } => {}
+    }
     let mut policies = Vec::with_capacity(config.policies.len());
     for (i, policy) in config.policies.iter().enumerate() {
         let PolicyConfig { jwt } = policy;

@@ -39,6 +39,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
+use rustls::ClientConfig;
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
@@ -46,7 +47,7 @@ use super::jwk::{parse_remote_jwk, RemoteJwk};
 use super::{Algorithm, KeySelectionError, Verifier};
 use crate::config::{ConfigSource, JwksConfig};
 use crate::lock::lock;
-use crate::outbound_tls;
+use crate::tls::UpstreamTls;
 
 /// Each fetch (discovery included) must finish within this (SPEC §4).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,7 +76,7 @@ pub struct ProviderSettings {
     pub refresh: Duration,
     pub insecure_http: bool,
     pub algorithms: Option<Vec<Algorithm>>,
-    /// The `ca:` file and its bytes.
+    /// The `ca:` file and its bytes (trusted instead of the default roots).
     pub ca: Option<(PathBuf, Vec<u8>)>,
 }
 
@@ -140,8 +141,7 @@ impl ProviderSettings {
                 let path = source.resolve(relative);
                 let bytes = std::fs::read(&path)
                     .map_err(|e| field("ca", format!("cannot read {}: {e}", path.display())))?;
-                outbound_tls::parse_ca_pem(&bytes)
-                    .map_err(|m| field("ca", format!("{}: {m}", path.display())))?;
+                UpstreamTls::build(Some(&path), false).map_err(|m| field("ca", m))?;
                 Some((path, bytes))
             }
         };
@@ -561,16 +561,15 @@ impl Inner {
     fn client(&self) -> Result<&FetchClient, String> {
         self.client
             .get_or_init(|| {
-                let extra = match &self.settings.ca {
-                    Some((_, pem)) => outbound_tls::parse_ca_pem(pem)?,
-                    None => Vec::new(),
-                };
-                let tls = outbound_tls::client_config(&extra)?;
+                // The same trust as an https upstream: `ca:` replaces the
+                // default roots (Mozilla's and the platform's).
+                let ca = self.settings.ca.as_ref().map(|(path, _)| path.as_path());
+                let tls = UpstreamTls::build(ca, false)?;
                 let mut http = HttpConnector::new();
                 http.enforce_http(false);
                 http.set_connect_timeout(Some(FETCH_TIMEOUT));
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
+                    .with_tls_config(ClientConfig::clone(&tls.config))
                     .https_or_http()
                     .enable_http1()
                     .wrap_connector(http);

@@ -383,6 +383,7 @@ mod tests {
             now: 0,
             metrics: &metrics,
             token_cache: &token_cache,
+            client_subject: None,
         };
         bearer_token(&input).map(str::to_owned)
     }

@@ -27,6 +27,9 @@ pub struct PolicyInput<'a> {
     pub now: u64,
     pub metrics: &'a Metrics,
     pub token_cache: &'a TokenCache,
+    /// The verified client certificate's subject on an mTLS listener
+    /// (RFC 4514, e.g. `CN=billing,O=Acme`); `None` without one.
+    pub client_subject: Option<&'a str>,
 }
 
 /// What the chain decided, applied by the forwarder after hop-by-hop removal.
