@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{claims, get, mint, Gateway, KeyPair, DEADLINE};
+use common::{claims, generate, get, mint, Gateway, KeyPair, DEADLINE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -34,15 +34,6 @@ fn provider_keys() -> &'static ProviderKeys {
         es: (0..4).map(|_| generate(Algorithm::Es256)).collect(),
         rsa: generate(Algorithm::Rs256),
     })
-}
-
-fn generate(alg: Algorithm) -> KeyPair {
-    let dir = tempfile::tempdir().unwrap();
-    let out = local::keygen(alg, "k", dir.path()).unwrap();
-    KeyPair {
-        private_pem: std::fs::read_to_string(out.private_path).unwrap(),
-        public_pem: std::fs::read_to_string(out.public_path).unwrap(),
-    }
 }
 
 /// The public JWK of `pair` under `kid`.

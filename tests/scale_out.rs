@@ -420,7 +420,23 @@ fn gateway_yaml(keys: &[KeyEntry], signing_key: &str, secret_hash: &str) -> Stri
             "  - {{kid: {kid}, alg: RS256, {source}: {path:?}}}\n"
         ));
     }
+    yaml.push_str(&token_endpoint_yaml(signing_key, secret_hash));
     yaml.push_str(&format!(
+        "\
+routes:
+  - name: api
+    match: {{path_prefix: /api}}
+    upstream: demo
+    policies:
+      - jwt: {{audience: demo-resource, issuer: \"{ISSUER}\", scopes: [read]}}
+"
+    ));
+    yaml
+}
+
+/// The `token_endpoint:` section: issuer [`ISSUER`], client [`CLIENT`].
+fn token_endpoint_yaml(signing_key: &str, secret_hash: &str) -> String {
+    format!(
         "\
 token_endpoint:
   path: /oauth2/token
@@ -432,15 +448,8 @@ token_endpoint:
     - id: {CLIENT}
       secret_hash: \"{secret_hash}\"
       scopes: [read, write]
-routes:
-  - name: api
-    match: {{path_prefix: /api}}
-    upstream: demo
-    policies:
-      - jwt: {{audience: demo-resource, issuer: \"{ISSUER}\", scopes: [read]}}
 "
-    ));
-    yaml
+    )
 }
 
 /// Replaces `path` the way config tools do: a temporary file beside it,
@@ -1118,20 +1127,8 @@ fn a_verify_only_gateway_follows_the_issuing_gateway_through_jwks() {
     let secret_hash = client_secret_hash();
     let issuer_yaml = |keys: &str, signing_key: &str| {
         format!(
-            "listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-keys:
-{keys}token_endpoint:
-  path: /oauth2/token
-  issuer: {ISSUER}
-  signing_key: {signing_key}
-  ttl: 300s
-  audience: demo-resource
-  clients:
-    - id: {CLIENT}
-      secret_hash: \"{secret_hash}\"
-      scopes: [read, write]
-"
+            "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nkeys:\n{keys}{}",
+            token_endpoint_yaml(signing_key, &secret_hash)
         )
     };
     let k1 = "  - {kid: k1, alg: RS256, private_key: keys/k1.pem}\n";

@@ -55,7 +55,8 @@ pub fn keys() -> &'static TestKeys {
     })
 }
 
-fn generate(alg: Algorithm) -> KeyPair {
+/// A fresh key pair of `alg`, as `jwtgate keygen` writes it.
+pub fn generate(alg: Algorithm) -> KeyPair {
     let dir = tempfile::tempdir().unwrap();
     let out = local::keygen(alg, "k", dir.path()).unwrap();
     KeyPair {
