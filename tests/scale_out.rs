@@ -421,7 +421,13 @@ fn gateway_yaml(keys: &[KeyEntry], signing_key: &str, secret_hash: &str) -> Stri
         ));
     }
     yaml.push_str(&token_endpoint_yaml(signing_key, secret_hash));
-    yaml.push_str(&format!(
+    yaml.push_str(&api_route_yaml());
+    yaml
+}
+
+/// `routes:` with the one route `api` (demo upstream) the tests call.
+fn api_route_yaml() -> String {
+    format!(
         "\
 routes:
   - name: api
@@ -430,8 +436,7 @@ routes:
     policies:
       - jwt: {{audience: demo-resource, issuer: \"{ISSUER}\", scopes: [read]}}
 "
-    ));
-    yaml
+    )
 }
 
 /// The `token_endpoint:` section: issuer [`ISSUER`], client [`CLIENT`].
@@ -1150,13 +1155,8 @@ jwks:
   - url: http://{issuer_addr}/.well-known/jwks.json
     issuer: {ISSUER}
     refresh: 10m
-routes:
-  - name: api
-    match: {{path_prefix: /api}}
-    upstream: demo
-    policies:
-      - jwt: {{audience: demo-resource, issuer: \"{ISSUER}\", scopes: [read]}}
-"
+{}",
+            api_route_yaml()
         ),
     )
     .unwrap();

@@ -862,44 +862,10 @@ routes:
 }
 
 /// Log output collected in memory (JSON lines).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Installs a JSON subscriber for this test's thread (the gateway runs
-    /// on the test's current-thread runtime).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("jwtgate=info")
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn the_verified_client_subject_is_in_the_access_log() {
-    let captured = Captured::default();
-    let _guard = captured.install();
+    let captured = CapturedLogs::default();
+    let _guard = captured.install("jwtgate=info");
     let ca = Ca::new("listener CA");
     let clients = Ca::new("client CA");
     let gateway = https_gateway(
@@ -932,12 +898,12 @@ async fn the_verified_client_subject_is_in_the_access_log() {
 
 #[tokio::test]
 async fn a_token_endpoint_in_clear_text_off_loopback_is_warned_about() {
-    let captured = Captured::default();
-    let _guard = captured.install();
+    let captured = CapturedLogs::default();
+    let _guard = captured.install("jwtgate=info");
     let ca = Ca::new("listener CA");
     let leaf = ca.server("gateway", p256());
     let endpoint = "token_endpoint: {path: /token, signing_key: gw, audience: a, clients: []}\n";
-    let warnings = |captured: &Captured| {
+    let warnings = |captured: &CapturedLogs| {
         captured
             .lines()
             .iter()

@@ -435,3 +435,53 @@ pub fn header_values(recorded: &Recorded, name: &str) -> Vec<String> {
         .map(|v| v.to_str().unwrap().to_owned())
         .collect()
 }
+
+/// Log lines captured from the gateway: a JSON `tracing` subscriber for the
+/// test's thread (in-process gateways run on the test's current-thread
+/// runtime) writing into memory.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Captures everything `filter` (an `EnvFilter` directive) lets through
+    /// until the guard is dropped.
+    pub fn install(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Every line, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The access log's lines (target `jwtgate::access`).
+    pub fn access_lines(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|line| line["target"] == "jwtgate::access")
+            .collect()
+    }
+}
