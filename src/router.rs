@@ -131,16 +131,30 @@ pub fn check_normal_form(path: &str) -> Result<(), &'static str> {
         }
         i += 1;
     }
-    for segment in path[1..].split('/') {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        if decoded == "." || decoded == ".." {
-            return Err("request path contains a dot-segment");
-        }
+    if path[1..].split('/').any(is_dot_segment) {
+        return Err("request path contains a dot-segment");
     }
     if path.contains("//") {
         return Err("request path contains an empty segment");
     }
     Ok(())
+}
+
+/// `.` or `..`, each dot written as `.`, `%2e` or `%2E` (RFC 3986 §2.3:
+/// an encoded unreserved character is the same character). No allocation:
+/// this runs for every segment of every request.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]
@@ -219,6 +233,26 @@ mod tests {
             "/a%41",
         ] {
             assert_eq!(check_normal_form(good), Ok(()), "{good}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_found_in_every_spelling_without_allocating() {
+        for dot in [".", "..", "%2e", "%2E", "%2e%2E", ".%2e", "%2E."] {
+            assert!(is_dot_segment(dot), "{dot}");
+        }
+        for other in [
+            "",
+            "...",
+            "a",
+            ".a",
+            "%2f",
+            "%2",
+            "%2e%2e%2e",
+            "%2ex",
+            "%252e",
+        ] {
+            assert!(!is_dot_segment(other), "{other}");
         }
     }
 }
