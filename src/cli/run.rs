@@ -39,7 +39,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         let gateway = RunningGateway::start_with(source, Serving::PerThread(threads)).await?;
         hangups.reload_on_each(gateway.runtime.clone());
         if is_demo {
-            print_demo_commands(gateway.addr);
+            print_demo_commands(gateway.addr, gateway.admin_addr);
         }
         shutdown.next().await;
         tracing::info!("shutting down: no longer accepting connections, draining");
@@ -57,8 +57,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     result
 }
 
-/// The tutorial of SPEC §1, with the address actually bound.
-fn print_demo_commands(addr: std::net::SocketAddr) {
+/// The tutorial of SPEC §1, with the addresses actually bound.
+fn print_demo_commands(addr: std::net::SocketAddr, admin: std::net::SocketAddr) {
     println!(
         "jwtgate demo: serving the embedded demo config on http://{addr}\n\n\
          Get a token (any client id and secret work in the demo):\n\n  \
@@ -66,7 +66,8 @@ fn print_demo_commands(addr: std::net::SocketAddr) {
          -H \"Content-Type: application/x-www-form-urlencoded\" \\\n    \
          -u \"my-client:my-secret\" -d \"grant_type=client_credentials\"\n\n\
          Call the protected demo resource with it:\n\n  \
-         curl -H \"Authorization: Bearer <access_token>\" http://{addr}/demo/resource\n"
+         curl -H \"Authorization: Bearer <access_token>\" http://{addr}/demo/resource\n\n\
+         Status page and token inspector (\"why was I refused?\"): http://{admin}/\n"
     );
 }
 
