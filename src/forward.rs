@@ -185,6 +185,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // `Connection: keep-alive` names one of the list below: nothing to
+        // collect (and no allocation) for the usual values.
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);

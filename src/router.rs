@@ -2,6 +2,7 @@
 //! before any matching.
 
 use http::Method;
+use std::borrow::Cow;
 
 use crate::forward::Upstream;
 use crate::policy::Policy;
@@ -81,7 +82,7 @@ pub fn find<'r>(
 }
 
 /// The `Host` a request names, lower-cased and without port, for matching.
-pub fn host_for_matching(authority: &str) -> String {
+pub fn host_for_matching(authority: &str) -> Cow<'_, str> {
     let host = if let Some(bracketed) = authority.strip_prefix('[') {
         // An IPv6 literal: keep `[...]`, drop any port after it.
         match bracketed.find(']') {
@@ -93,7 +94,12 @@ pub fn host_for_matching(authority: &str) -> String {
             .rsplit_once(':')
             .map_or(authority, |(host, _port)| host)
     };
-    host.to_ascii_lowercase()
+    // Clients nearly always send a lower-case host: no copy then.
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Refuses paths that are not in normal form, so what is matched is exactly

@@ -334,7 +334,7 @@ fn build_route(source: &ConfigSource, config: &RouteConfig) -> Result<Route, (St
         Some(host) if host.is_empty() || host.contains(['/', ' ']) => {
             return Err(("match.host".into(), format!("`{host}` is not a host name")))
         }
-        Some(host) => Some(router::host_for_matching(host)),
+        Some(host) => Some(router::host_for_matching(host).into_owned()),
         None => None,
     };
     let mut upstream = Upstream::parse(&config.upstream).map_err(|m| ("upstream".to_owned(), m))?;
