@@ -20,50 +20,19 @@ done
 cargo build --release --quiet
 bin=$PWD/target/release/jwtgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "instructions.sh: nothing listens on $1" >&2; exit 1
-}
+name=instructions.sh
+source benches/lib.sh
 
 up=$(free_port)
-cat >"$work/upstream.conf" <<CONF
-daemon off; worker_processes 1; pid $work/up.pid; error_log $work/up.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$up; location / { default_type application/json; return 200 '{"ok":true}'; } } }
-CONF
-nginx -c "$work/upstream.conf" & pids+=($!)
-wait_port "$up"
-"$bin" keygen --alg RS256 --kid load --out "$work/keys" >/dev/null
+start_upstream "$up"
 
 # Total instructions of one gateway process serving $1 requests, written to
 # $work/total.$1; fails unless every request got 200.
 instructions() {
-    local gw admin
+    local gw admin token
     gw=$(free_port); admin=$(free_port)
-    cat >"$work/gw.yaml" <<YAML
-listen: 127.0.0.1:$gw
-admin: 127.0.0.1:$admin
-keys:
-  - {kid: load, alg: RS256, private_key: keys/load.pem}
-token_endpoint: {path: /oauth2/token, signing_key: load, audience: load-api, clients: []}
-routes:
-  - name: api
-    match: {path_prefix: /api}
-    upstream: http://127.0.0.1:$up
-    policies:
-      - jwt: {audience: load-api, scopes: [read]}
-YAML
-    local token
-    token=$("$bin" token -c "$work/gw.yaml" --sub load --scope read --aud load-api --ttl 3600s)
+    write_gateway_config "$gw" "$admin" "$up"
+    token=$(mint_token)
     RUST_LOG=warn JWTGATE_THREADS=1 valgrind --tool=callgrind \
         --callgrind-out-file="$work/callgrind.out" "$bin" run -c "$work/gw.yaml" \
         2>"$work/gw.log" &

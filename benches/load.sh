@@ -20,44 +20,15 @@ done
 cargo build --release --quiet
 bin=target/release/jwtgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "load.sh: nothing listens on $1" >&2; exit 1
-}
+name=load.sh
+source benches/lib.sh
 
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-cat >"$work/upstream.conf" <<CONF
-daemon off; worker_processes 1; pid $work/up.pid; error_log $work/up.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$up; location / { default_type application/json; return 200 '{"ok":true}'; } } }
-CONF
-nginx -c "$work/upstream.conf" & pids+=($!)
-"$bin" keygen --alg RS256 --kid load --out "$work/keys" >/dev/null
-cat >"$work/gw.yaml" <<YAML
-listen: 127.0.0.1:$gw
-admin: 127.0.0.1:$admin
-keys:
-  - {kid: load, alg: RS256, private_key: keys/load.pem}
-token_endpoint: {path: /oauth2/token, signing_key: load, audience: load-api, clients: []}
-routes:
-  - name: api
-    match: {path_prefix: /api}
-    upstream: http://127.0.0.1:$up
-    policies:
-      - jwt: {audience: load-api, scopes: [read]}
-YAML
+start_upstream "$up"
+write_gateway_config "$gw" "$admin" "$up"
 RUST_LOG=warn "$bin" run -c "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
-wait_port "$up"; wait_port "$gw"
-token=$("$bin" token -c "$work/gw.yaml" --sub load --scope read --aud load-api --ttl 3600s)
+wait_port "$gw"
+token=$(mint_token)
 
 run() { # $1 name, $2 url, $3 header
     "$oha" --no-tui -w --output-format json -z "${seconds}s" -c "$conns" -H "$3" "$2" >"$work/$1.$r.json"
