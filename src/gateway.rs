@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, Method, Request, Response};
 use http_body_util::BodyExt;
 
@@ -278,12 +278,8 @@ fn remote_key_set_of(headers: &HeaderMap, keys: &KeySet) -> Option<Arc<RemoteKey
     if keys.remote.is_empty() {
         return None;
     }
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let parsed = jws::parse(token.trim_start_matches(' ')).ok()?;
+    let token = crate::policy::jwt::bearer_token_in(headers).ok()?;
+    let parsed = jws::parse(token).ok()?;
     let issuer = parsed.claims.get("iss")?.as_str()?;
     keys.remote.get(issuer).cloned()
 }

@@ -260,7 +260,7 @@ fn jwks_json(snapshot: &Snapshot) -> Vec<Value> {
                 .map(|d| d.as_secs());
             json!({
                 "issuer": provider.issuer(),
-                "url": provider.settings().url.as_ref().map_or("discovery".to_owned(), |u| u.to_string()),
+                "url": provider.settings().source(),
                 "keys": keys,
                 "last_refresh": last_refresh,
                 "age_secs": age,

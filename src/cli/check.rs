@@ -40,10 +40,7 @@ pub fn check(args: CheckArgs) -> Result<ExitCode, String> {
     providers.sort_by(|a, b| a.issuer().cmp(b.issuer()));
     for provider in providers {
         let settings = provider.settings();
-        let source = match &settings.url {
-            Some(url) => url.to_string(),
-            None => "discovery".to_owned(),
-        };
+        let source = settings.source();
         // Not fetched: `check` never opens a connection.
         let _ = writeln!(
             out,

@@ -320,10 +320,7 @@ impl KeySet {
     /// for `explain`: its name and each key's kid and algorithms.
     pub fn candidates_for(&self, issuer: Option<&str>) -> Candidates {
         if let Some(remote) = issuer.and_then(|iss| self.remote.get(iss)) {
-            let source = match &remote.settings().url {
-                Some(url) => url.to_string(),
-                None => "discovery".to_owned(),
-            };
+            let source = remote.settings().source();
             return Candidates {
                 set: format!("the JWKS of issuer `{}` ({source})", remote.issuer()),
                 keys: remote

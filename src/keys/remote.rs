@@ -81,6 +81,14 @@ pub struct ProviderSettings {
 }
 
 impl ProviderSettings {
+    /// Where the set comes from, for people: its URL, or `discovery`.
+    pub fn source(&self) -> String {
+        match &self.url {
+            Some(url) => url.to_string(),
+            None => "discovery".to_owned(),
+        }
+    }
+
     /// Checks one entry; errors are `(field, message)`.
     pub fn build(
         config: &JwksConfig,

@@ -11,8 +11,8 @@
 #[cfg(target_os = "linux")]
 mod process;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
@@ -24,6 +24,7 @@ use prometheus::{
 use crate::error::{GatewayError, OAuthErrorCode};
 use crate::jws::AuthFailure;
 use crate::keys::remote::{RefreshCounters, RemoteKeySet};
+use crate::lock::lock;
 use crate::router::Route;
 
 /// The `Content-Type` of the Prometheus text exposition format.
@@ -173,6 +174,8 @@ pub struct Metrics {
     token_cache_misses: IntCounter,
     jwks_refreshes: IntCounterVec,
     jwks_age: GaugeVec,
+    /// Issuers with JWKS series, so a removed one's can be dropped.
+    jwks_issuers: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
@@ -269,12 +272,14 @@ impl Metrics {
             last_reload_success,
             jwks_refreshes,
             jwks_age,
+            jwks_issuers: Mutex::default(),
         })
     }
 
     /// The refresh counters of one `jwks:` issuer (exported at 0 from now).
     /// Issuer label values come from the config only.
     pub fn jwks_counters(&self, issuer: &str) -> RefreshCounters {
+        lock(&self.jwks_issuers).insert(issuer.to_owned());
         RefreshCounters {
             success: self.jwks_refreshes.with_label_values(&[issuer, "success"]),
             failure: self.jwks_refreshes.with_label_values(&[issuer, "failure"]),
@@ -284,31 +289,16 @@ impl Metrics {
     /// Drops the JWKS series of issuers a reload removed, and sets each
     /// remaining set's age (called before every scrape).
     pub fn update_jwks(&self, providers: &HashMap<String, Arc<RemoteKeySet>>) {
-        let present = |metric: &prometheus::proto::Metric| {
-            metric
-                .get_label()
-                .iter()
-                .find(|l| l.name() == "issuer")
-                .map(|l| l.value().to_owned())
-        };
-        for family in self.registry.gather() {
-            let name = family.name();
-            if name != "jwtgate_jwks_refreshes_total" && name != "jwtgate_jwks_age_seconds" {
-                continue;
+        lock(&self.jwks_issuers).retain(|issuer| {
+            if providers.contains_key(issuer) {
+                return true;
             }
-            for metric in family.get_metric() {
-                let Some(issuer) = present(metric) else {
-                    continue;
-                };
-                if providers.contains_key(&issuer) {
-                    continue;
-                }
-                let _ = self.jwks_age.remove_label_values(&[&issuer]);
-                for result in ["success", "failure"] {
-                    let _ = self.jwks_refreshes.remove_label_values(&[&issuer, result]);
-                }
+            let _ = self.jwks_age.remove_label_values(&[issuer]);
+            for result in ["success", "failure"] {
+                let _ = self.jwks_refreshes.remove_label_values(&[issuer, result]);
             }
-        }
+            false
+        });
         let now = SystemTime::now();
         for (issuer, provider) in providers {
             if let Some(at) = provider.status().last_success {

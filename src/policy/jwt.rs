@@ -330,7 +330,7 @@ fn bearer_token<'h>(input: &PolicyInput<'h>) -> Result<&'h str, GatewayError> {
     bearer_token_in(input.headers)
 }
 
-fn bearer_token_in(headers: &HeaderMap) -> Result<&str, GatewayError> {
+pub(crate) fn bearer_token_in(headers: &HeaderMap) -> Result<&str, GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(GatewayError::MissingToken);
