@@ -64,8 +64,10 @@ pub(crate) async fn accept_until(
 /// the `limits.drain_timeout` of the config current at that moment. Returns
 /// whether every connection finished in time.
 ///
-/// The listener speaks TLS when the snapshot it starts with has `tls:`.
-/// Each new connection takes the TLS config of the snapshot current when it
+/// The listener speaks TLS when `listener_tls` (the `tls:` of the snapshot
+/// current when serving was started, read by the caller before it spawns
+/// this future, so a reload racing the first poll cannot change the
+/// listener's protocol) is set. Each new connection takes the TLS config of the snapshot current when it
 /// is accepted (a renewed certificate reaches the next connection; open
 /// ones keep theirs). A reload that drops `tls:` needs a restart: until
 /// then the last TLS config is kept.
@@ -73,10 +75,10 @@ pub async fn serve_public(
     listener: TcpListener,
     runtime: Arc<Runtime>,
     upstream_client: UpstreamClient,
+    mut listener_tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
-    let mut listener_tls = runtime.snapshot().tls.clone();
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let snapshot = runtime.snapshot();
@@ -239,9 +241,17 @@ impl PublicServing {
         serving: Serving,
         stop: watch::Receiver<bool>,
     ) -> Result<PublicServing, String> {
+        // Plain or TLS is decided here, once, from the starting snapshot.
+        let listener_tls = runtime.snapshot().tls.clone();
         let threads = match serving {
             Serving::Shared => {
-                let task = serve_public(listener, runtime.clone(), forward::client(), stop);
+                let task = serve_public(
+                    listener,
+                    runtime.clone(),
+                    forward::client(),
+                    listener_tls,
+                    stop,
+                );
                 return Ok(PublicServing::Task(tokio::spawn(task)));
             }
             Serving::PerThread(threads) => threads.max(1),
@@ -255,6 +265,7 @@ impl PublicServing {
                 .try_clone()
                 .map_err(|e| format!("cannot share the listening socket: {e}"))?;
             let (runtime, stop) = (runtime.clone(), stop.clone());
+            let listener_tls = listener_tls.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("jwtgate-serve-{i}"))
                 .spawn(move || {
@@ -271,7 +282,8 @@ impl PublicServing {
                     local.block_on(async move {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                serve_public(listener, runtime, forward::client(), stop).await
+                                let client = forward::client();
+                                serve_public(listener, runtime, client, listener_tls, stop).await
                             }
                             Err(e) => {
                                 tracing::error!("serving thread {i}: {e}");

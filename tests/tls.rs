@@ -1052,10 +1052,17 @@ async fn adding_or_removing_tls_needs_a_restart_and_the_listener_keeps_its_proto
         .await
         .assert_error(404, "not_found");
 
-    // Started plain; a reload that adds `tls:` leaves it plain.
+    // Started plain; a reload that adds `tls:` leaves it plain. The reload
+    // runs on this thread before it first yields, so it lands before the
+    // serving task's first poll: the listener's protocol must already have
+    // been fixed when serving started (a CI run once caught it read late).
     let gateway = Gateway::start(base).await;
     write_leaf(gateway.dir.path(), &leaf);
-    let outcome = reload_with(&gateway, format!("{base}{TLS_KEYS}")).await;
+    replace(
+        &gateway.dir.path().join("gateway.yaml"),
+        &format!("{base}{TLS_KEYS}"),
+    );
+    let outcome = gateway.running.runtime.reload(Trigger::Signal);
     assert_eq!(outcome, jwtgate::reload::Outcome::Applied);
     assert!(gateway.running.runtime.snapshot().tls.is_some());
     get(&gateway.url("/nowhere"), &[])
