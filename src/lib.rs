@@ -19,6 +19,7 @@ pub mod jws;
 pub mod keys;
 mod lock;
 pub mod metrics;
+mod parking;
 pub mod policy;
 pub mod reload;
 pub mod router;

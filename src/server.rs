@@ -24,6 +24,8 @@ use crate::config::Limits;
 use crate::forward::{self, UpstreamClient};
 use crate::gateway::{self, Connection};
 use crate::keys::remote::FETCH_TIMEOUT;
+use crate::metrics::Counted;
+use crate::parking::ListenerHandles;
 use crate::runtime::Runtime;
 use crate::tls::PeerIdentity;
 use crate::watch::ConfigWatcher;
@@ -79,6 +81,7 @@ pub async fn serve_public(
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
     let graceful = GracefulShutdown::new();
+    let stop = shutdown.clone();
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let snapshot = runtime.snapshot();
@@ -90,13 +93,20 @@ pub async fn serve_public(
                 client_subject: None,
             };
             let service = gateway_service(&runtime, &upstream_client, connection);
-            let served = http1_builder(&limits).serve_connection(TokioIo::new(stream), service);
-            let watched = graceful.watch(served);
-            tokio::spawn(async move {
-                if let Err(e) = watched.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-            });
+            // Each stay in hyper takes the limits current when it starts.
+            let (limits_of, timeout_of) = (runtime.clone(), runtime.clone());
+            tokio::spawn(crate::parking::serve(
+                stream,
+                peer,
+                move || http1_builder(&limits_of.snapshot().limits),
+                move || timeout_of.snapshot().limits.header_read_timeout.0,
+                service,
+                ListenerHandles {
+                    shutdown: stop.clone(),
+                    drain: graceful.watcher(),
+                    gauges: runtime.metrics.connections.clone(),
+                },
+            ));
             return;
         };
         if let Some(current) = &snapshot.tls {
@@ -119,6 +129,7 @@ pub async fn serve_public(
                     return;
                 }
             };
+            let _active = Counted::in_gauge(&runtime.metrics.connections.active);
             let identity = PeerIdentity::of(stream.get_ref().1);
             let connection = Connection {
                 peer,

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::{GatewayError, OAuthErrorCode};
@@ -176,6 +176,34 @@ pub struct Metrics {
     jwks_age: GaugeVec,
     /// Issuers with JWKS series, so a removed one's can be dropped.
     jwks_issuers: Mutex<HashSet<String>>,
+    pub(crate) connections: ConnectionGauges,
+}
+
+/// `jwtgate_open_connections{state}`: client connections on the public
+/// listener, `active` (inside hyper, with its buffers: a request in
+/// progress or recently served, and every TLS connection) or `idle` (a
+/// plain HTTP/1.1 connection waiting for its next request, parked without
+/// buffers).
+#[derive(Clone)]
+pub(crate) struct ConnectionGauges {
+    pub active: IntGauge,
+    pub idle: IntGauge,
+}
+
+/// Counts one connection in a gauge until dropped.
+pub(crate) struct Counted(IntGauge);
+
+impl Counted {
+    pub fn in_gauge(gauge: &IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -251,6 +279,14 @@ impl Metrics {
             &["issuer"],
         )?;
         registry.register(Box::new(jwks_age.clone()))?;
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "jwtgate_open_connections",
+                "Client connections on the public listener, by state (active: in hyper with its buffers; idle: plain HTTP/1.1 keep-alive parked without them).",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(process::ProcessCollector::new()?))?;
 
@@ -273,6 +309,10 @@ impl Metrics {
             jwks_refreshes,
             jwks_age,
             jwks_issuers: Mutex::default(),
+            connections: ConnectionGauges {
+                active: connections.with_label_values(&["active"]),
+                idle: connections.with_label_values(&["idle"]),
+            },
         })
     }
 
