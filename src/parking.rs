@@ -125,6 +125,7 @@ pub(crate) async fn serve<S>(
             state: state.clone(),
             park_timer: park_timer.as_mut(),
             idle_armed: false,
+            read_waits_for_flush: false,
             // Nothing buffered: what the client sends next starts a message.
             tail: *b"\r\n\r\n",
         };
@@ -174,6 +175,8 @@ struct ParkableIo<'a> {
     park_timer: Pin<&'a mut Sleep>,
     /// The park timer runs for the current idle wait.
     idle_armed: bool,
+    /// A read found the connection idle but a response not yet flushed.
+    read_waits_for_flush: bool,
     /// The last four bytes read.
     tail: [u8; 4],
 }
@@ -195,10 +198,11 @@ impl ParkableIo<'_> {
     /// end-of-stream (see the module's doc). Arms the park timer on the
     /// first idle read, so the task is woken when `PARK_AFTER` is up.
     fn may_park(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.state.in_flight.load(Ordering::Acquire) != 0
-            || self.state.unflushed.load(Ordering::Acquire)
-            || self.tail != *b"\r\n\r\n"
-        {
+        if self.state.in_flight.load(Ordering::Acquire) != 0 || self.tail != *b"\r\n\r\n" {
+            return false;
+        }
+        if self.state.unflushed.load(Ordering::Acquire) {
+            self.read_waits_for_flush = true;
             return false;
         }
         if !self.idle_armed {
@@ -258,10 +262,12 @@ impl AsyncWrite for ParkableIo<'_> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut *this.stream).poll_flush(cx);
         if let Poll::Ready(Ok(())) = flushed {
-            if this.state.unflushed.swap(false, Ordering::AcqRel) {
-                // hyper may have polled its read while this response was
-                // still unflushed and will not poll it again by itself:
-                // one more turn lets the park timer start.
+            this.state.unflushed.store(false, Ordering::Release);
+            if std::mem::take(&mut this.read_waits_for_flush) {
+                // hyper polled its read while a response was still
+                // unflushed and will not poll it again by itself: one more
+                // turn lets the park timer start. (Usually hyper flushes
+                // before it reads again, and no extra turn is needed.)
                 cx.waker().wake_by_ref();
             }
         }
