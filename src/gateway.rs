@@ -32,6 +32,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
+    /// `peer`'s IP address for `X-Forwarded-For`, formatted once.
+    pub peer_ip: HeaderValue,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The subject of the client certificate the TLS handshake verified
@@ -220,7 +222,7 @@ async fn route_and_forward<'s>(
         return Err(GatewayError::BodyTooLarge);
     }
     let client = ClientInfo {
-        peer: connection.peer,
+        peer_ip: &connection.peer_ip,
         proto: connection.proto,
         host: client_host.as_ref(),
     };

@@ -89,6 +89,7 @@ pub async fn serve_public(
         let Some(tls) = listener_tls.as_mut() else {
             let connection = Connection {
                 peer,
+                peer_ip: forward::peer_ip_header(peer),
                 proto: "http",
                 client_subject: None,
             };
@@ -133,6 +134,7 @@ pub async fn serve_public(
             let identity = PeerIdentity::of(stream.get_ref().1);
             let connection = Connection {
                 peer,
+                peer_ip: forward::peer_ip_header(peer),
                 proto: "https",
                 client_subject: identity.client_subject,
             };

@@ -2,8 +2,6 @@
 //! directly: the identity-header sanitiser, the path normal-form check, and
 //! the token parser.
 
-use std::net::SocketAddr;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -66,10 +64,9 @@ fn same_header(a: &str, b: &str) -> bool {
         })
 }
 
-fn client_info(peer: &SocketAddr) -> ClientInfo<'_> {
-    let _ = peer;
+fn client_info(peer_ip: &HeaderValue) -> ClientInfo<'_> {
     ClientInfo {
-        peer: *peer,
+        peer_ip,
         proto: "http",
         host: None,
     }
@@ -109,7 +106,7 @@ proptest! {
             forward_authorization: false,
             subject: Some("alice".into()),
         };
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let peer = forward::peer_ip_header("127.0.0.1:5000".parse().unwrap());
         let forwarded: Request<Body> =
             forward::upstream_request(request, None, "/x", verdict, &client_info(&peer)).unwrap();
         let out = forwarded.headers();
@@ -172,7 +169,7 @@ proptest! {
                 // segment anywhere else is not normal.
                 prop_assert!(!segment.is_empty() || i == segments.len() - 1, "empty segment in {}", path);
             }
-            let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+            let peer = forward::peer_ip_header("127.0.0.1:5000".parse().unwrap());
             let request = Request::builder().uri(&path).body(full("")).unwrap();
             let forwarded = forward::upstream_request(
                 request, None, &path, Verdict::default(), &client_info(&peer),
