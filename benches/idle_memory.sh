@@ -20,13 +20,7 @@ bin=target/release/jwtgate
 name=idle_memory.sh
 source benches/lib.sh
 
-up=$(free_port); gw=$(free_port); admin=$(free_port)
-start_upstream "$up"
-write_gateway_config "$gw" "$admin" "$up"
-RUST_LOG=warn "$bin" run -c "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
-gw_pid=$!
-wait_port "$gw"
-token=$(mint_token)
+start_gateway_stack
 
 python3 - "$gw" "$admin" "$gw_pid" "$token" "$conns" "$batch" <<'PY'
 import asyncio, sys, time, urllib.request

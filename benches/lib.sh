@@ -1,4 +1,4 @@
-# Shared by benches/load.sh and benches/instructions.sh (sourced, not run):
+# Shared by benches/load.sh, idle_memory.sh and instructions.sh (sourced):
 # a work directory cleaned up on exit, free ports, waiting for a listener,
 # the minimal NGINX upstream, and a gateway config with one RS256 key.
 #
@@ -55,4 +55,17 @@ YAML
 # A token for the route, valid for an hour.
 mint_token() {
     "$bin" token -c "$work/gw.yaml" --sub load --scope read --aud load-api --ttl 3600s
+}
+
+# The usual set-up of load.sh and idle_memory.sh: the upstream, then the
+# release gateway in front of it (`$bin`, logging warnings to $work/gw.log),
+# and a token. Sets up, gw, admin, gw_pid and token.
+start_gateway_stack() {
+    up=$(free_port); gw=$(free_port); admin=$(free_port)
+    start_upstream "$up"
+    write_gateway_config "$gw" "$admin" "$up"
+    RUST_LOG=warn "$bin" run -c "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
+    gw_pid=$!
+    wait_port "$gw"
+    token=$(mint_token)
 }

@@ -23,12 +23,7 @@ bin=target/release/jwtgate
 name=load.sh
 source benches/lib.sh
 
-up=$(free_port); gw=$(free_port); admin=$(free_port)
-start_upstream "$up"
-write_gateway_config "$gw" "$admin" "$up"
-RUST_LOG=warn "$bin" run -c "$work/gw.yaml" 2>"$work/gw.log" & pids+=($!)
-wait_port "$gw"
-token=$(mint_token)
+start_gateway_stack
 
 run() { # $1 name, $2 url, $3 header
     "$oha" --no-tui -w --output-format json -z "${seconds}s" -c "$conns" -H "$3" "$2" >"$work/$1.$r.json"

@@ -185,6 +185,19 @@ fn assert_proxied(answer: &Answer) {
     assert_eq!(answer.body, r#"{"upstream":"ok"}"#);
 }
 
+/// A connection that has served `GET /orders/1` and is parked (the only
+/// connection of `gateway`).
+async fn parked_client(gateway: &Gateway, token: &str) -> KeepAlive {
+    let mut client = KeepAlive::open(gateway.addr()).await;
+    assert_proxied(
+        &client
+            .request(get_orders("/orders/1", token).as_bytes())
+            .await,
+    );
+    wait_for_connections(gateway, (0, 1)).await;
+    client
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_parked_and_serves_its_next_requests() {
     let (gateway, upstream) = setup("5s").await;
@@ -315,13 +328,7 @@ async fn a_request_waiting_for_a_slow_upstream_is_not_parked() {
 async fn the_header_read_timeout_closes_a_parked_connection() {
     let (gateway, _upstream) = setup("1s").await;
     let token = gw_token(&claims(json!({})));
-    let mut client = KeepAlive::open(gateway.addr()).await;
-    assert_proxied(
-        &client
-            .request(get_orders("/orders/1", &token).as_bytes())
-            .await,
-    );
-    wait_for_connections(&gateway, (0, 1)).await;
+    let mut client = parked_client(&gateway, &token).await;
     // Closed without a byte (no 408 on an idle connection), within the
     // 1 s timeout plus scheduling slack.
     let after = client.closed_within(Duration::from_secs(3)).await;
@@ -364,13 +371,7 @@ async fn many_idle_connections_are_all_parked() {
 async fn shutdown_closes_parked_connections_at_once() {
     let (gateway, _upstream) = setup("10s").await;
     let token = gw_token(&claims(json!({})));
-    let mut client = KeepAlive::open(gateway.addr()).await;
-    assert_proxied(
-        &client
-            .request(get_orders("/orders/1", &token).as_bytes())
-            .await,
-    );
-    wait_for_connections(&gateway, (0, 1)).await;
+    let mut client = parked_client(&gateway, &token).await;
 
     // The drain (30 s by default) does not wait for an idle connection.
     let Gateway { running, dir: _dir } = gateway;
