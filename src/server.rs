@@ -66,12 +66,12 @@ pub(crate) async fn accept_until(
 /// the `limits.drain_timeout` of the config current at that moment. Returns
 /// whether every connection finished in time.
 ///
-/// The listener speaks TLS when `listener_tls` (the `tls:` of the snapshot
-/// current when serving was started, read by the caller before it spawns
-/// this future, so a reload racing the first poll cannot change the
-/// listener's protocol) is set. Each new connection takes the TLS config of the snapshot current when it
-/// is accepted (a renewed certificate reaches the next connection; open
-/// ones keep theirs). A reload that drops `tls:` needs a restart: until
+/// The listener speaks TLS when `listener_tls` is set: the `tls:` of the
+/// snapshot current when serving was started, read by the caller before it
+/// spawns this future, so that a reload racing the first poll cannot change
+/// the listener's protocol. Each new connection takes the TLS config of the
+/// snapshot current when it is accepted (a renewed certificate reaches the
+/// next connection; open ones keep theirs). A reload that drops `tls:` needs a restart: until
 /// then the last TLS config is kept.
 pub async fn serve_public(
     listener: TcpListener,
@@ -84,8 +84,6 @@ pub async fn serve_public(
     let stop = shutdown.clone();
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
-        let snapshot = runtime.snapshot();
-        let limits = snapshot.limits.clone();
         let Some(tls) = listener_tls.as_mut() else {
             let connection = Connection {
                 peer,
@@ -110,6 +108,8 @@ pub async fn serve_public(
             ));
             return;
         };
+        let snapshot = runtime.snapshot();
+        let limits = snapshot.limits.clone();
         if let Some(current) = &snapshot.tls {
             *tls = current.clone();
         }

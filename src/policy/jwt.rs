@@ -429,8 +429,28 @@ mod tests {
         bearer_token(&input).map(str::to_owned)
     }
 
+    #[test]
+    fn a_tab_after_the_scheme_is_refused_by_both_checks() {
+        // The case the property below once found (a fast path trimming tabs
+        // as well as spaces): `Bearer ` then a tab is not `Bearer <token>`.
+        let value = b"Bearer \tB";
+        assert_eq!(well_formed_bearer(value), None);
+        let header = HeaderValue::from_bytes(value).unwrap();
+        assert!(matches!(
+            bearer_token_or_why_not(&header),
+            Err(GatewayError::MalformedAuthorization(
+                "Authorization header is not Bearer <token>"
+            ))
+        ));
+    }
+
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        // No regression files: a failure prints its minimal input instead.
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4096,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
 
         /// The one-pass check accepts exactly what the full check accepts,
         /// with the same token: values made of the bytes that matter
