@@ -41,6 +41,21 @@ pub struct Connection {
     pub client_subject: Option<Arc<str>>,
 }
 
+impl Connection {
+    pub fn new(
+        peer: SocketAddr,
+        proto: &'static str,
+        client_subject: Option<Arc<str>>,
+    ) -> Connection {
+        Connection {
+            peer,
+            peer_ip: crate::forward::peer_ip_header(peer),
+            proto,
+            client_subject,
+        }
+    }
+}
+
 /// The `route` label of the token endpoint (a reserved route name).
 const TOKEN_ROUTE: &str = "token";
 /// The `route` label of requests no route matched (a reserved route name).

@@ -85,12 +85,7 @@ pub async fn serve_public(
     accept_until(&listener, &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let Some(tls) = listener_tls.as_mut() else {
-            let connection = Connection {
-                peer,
-                peer_ip: forward::peer_ip_header(peer),
-                proto: "http",
-                client_subject: None,
-            };
+            let connection = Connection::new(peer, "http", None);
             let service = gateway_service(&runtime, &upstream_client, connection);
             // Each stay in hyper takes the limits current when it starts.
             let (limits_of, timeout_of) = (runtime.clone(), runtime.clone());
@@ -132,12 +127,7 @@ pub async fn serve_public(
             };
             let _active = Counted::in_gauge(&runtime.metrics.connections.active);
             let identity = PeerIdentity::of(stream.get_ref().1);
-            let connection = Connection {
-                peer,
-                peer_ip: forward::peer_ip_header(peer),
-                proto: "https",
-                client_subject: identity.client_subject,
-            };
+            let connection = Connection::new(peer, "https", identity.client_subject);
             let service = gateway_service(&runtime, &upstream_client, connection);
             let io = TokioIo::new(stream);
             // ALPN decides; a client that offers none gets HTTP/1.1.

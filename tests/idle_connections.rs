@@ -11,9 +11,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -110,7 +108,7 @@ impl KeepAlive {
     async fn response(&mut self) -> Answer {
         let read = async {
             loop {
-                if let Some((answer, used)) = parse(&self.pending) {
+                if let Some((answer, used)) = parse_response(&self.pending) {
                     self.pending.drain(..used);
                     return answer;
                 }
@@ -150,34 +148,6 @@ impl KeepAlive {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.pending).into_owned()
     }
-}
-
-fn parse(buffer: &[u8]) -> Option<(Answer, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(head) = response.parse(buffer).ok()? else {
-        return None;
-    };
-    let mut map = http::HeaderMap::new();
-    for h in response.headers.iter() {
-        map.append(
-            http::HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
-            http::HeaderValue::from_bytes(h.value).unwrap(),
-        );
-    }
-    let length: usize = map
-        .get("content-length")
-        .map(|v| v.to_str().unwrap().parse().unwrap())
-        .unwrap_or(0);
-    let body = buffer.get(head..head + length)?;
-    Some((
-        Answer {
-            status: StatusCode::from_u16(response.code?).unwrap(),
-            headers: map,
-            body: Bytes::copy_from_slice(body),
-        },
-        head + length,
-    ))
 }
 
 fn assert_proxied(answer: &Answer) {

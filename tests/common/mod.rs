@@ -381,17 +381,19 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
     let read = async {
         let mut chunk = [0u8; 8192];
         loop {
-            if let Some(answer) = parse_response(&buffer) {
+            if let Some((answer, _)) = parse_response(&buffer) {
                 return answer;
             }
             let n = stream.read(&mut chunk).await.unwrap_or(0);
             if n == 0 {
-                return parse_response(&buffer).unwrap_or_else(|| {
-                    panic!(
-                        "incomplete response: {:?}",
-                        String::from_utf8_lossy(&buffer)
-                    )
-                });
+                return parse_response(&buffer)
+                    .map(|(answer, _)| answer)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "incomplete response: {:?}",
+                            String::from_utf8_lossy(&buffer)
+                        )
+                    });
             }
             buffer.extend_from_slice(&chunk[..n]);
         }
@@ -401,7 +403,9 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Answer {
         .expect("raw request timed out")
 }
 
-fn parse_response(buffer: &[u8]) -> Option<Answer> {
+/// The first whole response in `buffer` (a content-length body, or none)
+/// and how many bytes it took.
+pub fn parse_response(buffer: &[u8]) -> Option<(Answer, usize)> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     let httparse::Status::Complete(head_len) = response.parse(buffer).ok()? else {
@@ -419,11 +423,12 @@ fn parse_response(buffer: &[u8]) -> Option<Answer> {
         );
     }
     let body = buffer.get(head_len..head_len + length)?;
-    Some(Answer {
+    let answer = Answer {
         status: StatusCode::from_u16(response.code?).ok()?,
         headers: map,
         body: Bytes::copy_from_slice(body),
-    })
+    };
+    Some((answer, head_len + length))
 }
 
 /// Headers of the last request the upstream saw, as name → all values.
