@@ -16,11 +16,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::{Body, BodyState};
+use crate::body::{Body, BodyState, BoxError};
 use crate::error::GatewayError;
 use crate::lock::lock;
 use crate::policy::Verdict;
 use crate::tls::{UpstreamTls, UpstreamTlsKey};
+use crate::upstream_pool::{Http1Pool, SendError};
 
 /// Where a route forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,8 @@ pub struct UpstreamClient {
     /// Routes without `ca:` or `http2:` (nearly all): no lookup per request.
     default: Arc<OnceLock<PooledClient>>,
     others: Arc<Mutex<HashMap<UpstreamTlsKey, PooledClient>>>,
+    /// Plain-HTTP/1.1 upstreams (no `http2:`).
+    pub http1: Arc<Http1Pool>,
 }
 
 /// Past this many distinct settings (`ca:` files replaced by reloads),
@@ -244,18 +247,14 @@ pub fn upstream_request(
     // From the owned bytes: `parse` would copy them once more.
     let path_and_query = PathAndQuery::from_maybe_shared(bytes::Bytes::from(path_and_query))
         .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
-    let mut uri = Uri::builder().path_and_query(path_and_query);
+    // Origin-form, as it goes on the wire to an HTTP/1.1 upstream;
+    // [`send`] adds the scheme and authority where its client needs them.
+    *request.uri_mut() = Uri::from(path_and_query);
     if let Some(target) = target {
-        uri = uri
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone());
         request
             .headers_mut()
             .insert(HOST, target.host_header.clone());
     }
-    *request.uri_mut() = uri
-        .build()
-        .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
     *request.version_mut() = Version::HTTP_11;
     Ok(request)
 }
@@ -289,18 +288,38 @@ fn forwarded_for(headers: &HeaderMap, peer_ip: &HeaderValue) -> HeaderValue {
     HeaderValue::from_str(&joined).unwrap_or_else(|_| peer_ip.clone())
 }
 
-/// Sends the request; `upstream_timeout` covers connecting and waiting for
-/// the response head, not the streaming of the body. `body_state` is the
-/// request's [`crate::body::LimitedBody`]'s: a failure caused by the
-/// client's body is the client's (413 or 400), not the upstream's.
+/// Sends the request to `target`; `upstream_timeout` covers connecting
+/// and waiting for the response head, not the streaming of the body.
+/// `body_state` is the request's [`crate::body::LimitedBody`]'s: a failure
+/// caused by the client's body is the client's (413 or 400), not the
+/// upstream's.
+///
+/// Plain-HTTP/1.1 upstreams go through the serving thread's
+/// [`Http1Pool`]; https and HTTP/2 ones through hyper-util's pooled client
+/// for their TLS settings.
 pub async fn send(
-    client: &PooledClient,
+    client: &UpstreamClient,
+    target: &HttpUpstream,
     request: Request<Body>,
     timeout: Duration,
     body_state: &BodyState,
 ) -> Result<Response<Body>, GatewayError> {
-    let result = tokio::time::timeout(timeout, client.request(request)).await;
-    let response = match result {
+    let exchange = async {
+        if target.scheme == Scheme::HTTP && !target.tls.key.http2 {
+            return match client.http1.send(&target.authority, request).await {
+                Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+                Err(SendError::Connect(error)) => Err(Failure::Connect(error.into())),
+                Err(SendError::Http(error)) => Err(Failure::Http(error.into())),
+            };
+        }
+        let request = with_absolute_uri(request, target)?;
+        match client.pooled(&target.tls).request(request).await {
+            Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+            Err(error) if error.is_connect() => Err(Failure::Connect(error.into())),
+            Err(error) => Err(Failure::Http(error.into())),
+        }
+    };
+    let response = match tokio::time::timeout(timeout, exchange).await {
         Err(_elapsed) => return Err(GatewayError::UpstreamTimeout),
         Ok(Err(_)) if body_state.exceeded() => return Err(GatewayError::BodyTooLarge),
         Ok(Err(_)) if body_state.client_failed() => {
@@ -308,22 +327,66 @@ pub async fn send(
                 "the request body could not be read",
             ))
         }
-        Ok(Err(error)) => {
-            // The cause (a TLS alert, a refused connection) is only in the
-            // source chain; the client's answer says no more than 502.
-            tracing::debug!(error = %ErrorChain(&error), "upstream request failed");
-            return Err(classify(&error));
-        }
+        Ok(Err(failure)) => return Err(failure.classify()),
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     // An HTTP/2 upstream's response goes back in the client's protocol.
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed(),
-    ))
+    Ok(Response::from_parts(parts, body))
+}
+
+/// hyper-util's client takes the upstream from the URI: absolute-form.
+fn with_absolute_uri(
+    mut request: Request<Body>,
+    target: &HttpUpstream,
+) -> Result<Request<Body>, Failure> {
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| Failure::Target)?;
+    Ok(request)
+}
+
+/// Why an upstream exchange failed, before the client's body is ruled out.
+enum Failure {
+    /// No connection (refused, unreachable, TLS refused while connecting).
+    Connect(BoxError),
+    /// The connection failed after it was made.
+    Http(BoxError),
+    /// The route's upstream and the request's path make no URI.
+    Target,
+}
+
+impl Failure {
+    /// Connect, or protocol (hyper could not parse the answer), or reset.
+    /// The cause (a TLS alert, a refused connection) is logged; the
+    /// client's answer says no more than 502.
+    fn classify(self) -> GatewayError {
+        let error = match self {
+            Failure::Target => {
+                return GatewayError::BadRequest("request target cannot be forwarded")
+            }
+            Failure::Connect(error) => {
+                tracing::debug!(error = %ErrorChain(&*error), "upstream connection failed");
+                return GatewayError::UpstreamConnect;
+            }
+            Failure::Http(error) => error,
+        };
+        tracing::debug!(error = %ErrorChain(&*error), "upstream request failed");
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        while let Some(cause) = source {
+            if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+                if hyper_error.is_parse() || hyper_error.is_parse_status() || hyper_error.is_user()
+                {
+                    return GatewayError::UpstreamProtocol;
+                }
+            }
+            source = cause.source();
+        }
+        GatewayError::UpstreamReset
+    }
 }
 
 /// An error and its sources, `: `-separated.
@@ -339,25 +402,6 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
-}
-
-/// Maps a client error to connect / reset / protocol. A TLS failure
-/// (untrusted certificate, wrong name, no common ALPN) happens while
-/// connecting, so it counts as `connect`.
-fn classify(error: &hyper_util::client::legacy::Error) -> GatewayError {
-    if error.is_connect() {
-        return GatewayError::UpstreamConnect;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_parse() || hyper_error.is_parse_status() || hyper_error.is_user() {
-                return GatewayError::UpstreamProtocol;
-            }
-        }
-        source = cause.source();
-    }
-    GatewayError::UpstreamReset
 }
 
 #[cfg(test)]

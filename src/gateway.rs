@@ -257,7 +257,8 @@ async fn route_and_forward<'s>(
         Upstream::Http(target) => {
             let sent = Instant::now();
             let response = forward::send(
-                &upstream_client.pooled(&target.tls),
+                upstream_client,
+                target,
                 upstream_request,
                 snapshot.limits.upstream_timeout.0,
                 &body_state,

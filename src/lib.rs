@@ -29,4 +29,5 @@ pub mod snapshot;
 pub mod tls;
 pub mod token;
 pub mod token_cache;
+pub mod upstream_pool;
 pub mod watch;
