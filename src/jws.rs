@@ -443,11 +443,7 @@ pub fn check_claim_set_traced(
     })?;
     let leeway = rules.leeway_secs as f64;
     let now_secs = now as f64;
-    let expired = if now_secs > exp + leeway {
-        reject(AuthFailure::Expired, "token has expired")
-    } else {
-        Ok(())
-    };
+    let expired = check_expiry(exp, leeway, now_secs);
     traced(trace, Step::Expiry, expired, || {
         format!(
             "exp {} ({}), leeway {}s, now {}",
@@ -459,11 +455,7 @@ pub fn check_claim_set_traced(
     })?;
     match nbf {
         Some(nbf) => {
-            let early = if now_secs + leeway < nbf {
-                reject(AuthFailure::NotYetValid, "token is not valid yet")
-            } else {
-                Ok(())
-            };
+            let early = check_not_before(nbf, leeway, now_secs);
             traced(trace, Step::NotBefore, early, || {
                 format!(
                     "nbf {} ({}), leeway {}s",
@@ -590,6 +582,54 @@ pub fn utc_time(seconds: f64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+fn check_expiry(exp: f64, leeway: f64, now_secs: f64) -> Result<(), Rejection> {
+    if now_secs > exp + leeway {
+        reject(AuthFailure::Expired, "token has expired")
+    } else {
+        Ok(())
+    }
+}
+
+fn check_not_before(nbf: f64, leeway: f64, now_secs: f64) -> Result<(), Rejection> {
+    if now_secs + leeway < nbf {
+        reject(AuthFailure::NotYetValid, "token is not valid yet")
+    } else {
+        Ok(())
+    }
+}
+
+/// The time claims of a token that passed [`check_claim_set`] under some
+/// rules: of all its checks, the only ones whose answer changes with time.
+/// A policy that remembers its verdict for a cached token re-checks these
+/// alone, with the same rejections.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidityWindow {
+    exp: f64,
+    nbf: Option<f64>,
+    leeway: f64,
+}
+
+impl ValidityWindow {
+    /// `None` for claims [`check_claim_set`] would refuse whatever the time.
+    pub fn of(claims: &Map<String, Value>, rules: &ClaimRules) -> Option<ValidityWindow> {
+        Some(ValidityWindow {
+            exp: numeric_date(claims, "exp").ok()??,
+            nbf: numeric_date(claims, "nbf").ok()?,
+            leeway: rules.leeway_secs as f64,
+        })
+    }
+
+    /// The expiry, then the not-before check of [`check_claim_set`].
+    pub fn check(&self, now: u64) -> Result<(), Rejection> {
+        let now_secs = now as f64;
+        check_expiry(self.exp, self.leeway, now_secs)?;
+        match self.nbf {
+            Some(nbf) => check_not_before(nbf, self.leeway, now_secs),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A NumericDate claim: absent, or a number in 0…2^53.
@@ -1085,5 +1125,38 @@ mod tests {
         assert_eq!(human_duration(3725.0), "1h 2m 5s");
         assert_eq!(relative_time(90.0, 100), "10s ago");
         assert_eq!(relative_time(160.0, 100), "in 1m 0s");
+    }
+
+    #[test]
+    fn a_validity_window_answers_as_the_full_claim_check_at_every_time() {
+        // What a remembered verdict re-checks must give the full check's
+        // answer (same reason, same description) for every time, leeway,
+        // nbf present or not, and fractional dates.
+        for leeway_secs in [0, 30] {
+            let rules = ClaimRules {
+                leeway_secs,
+                ..rules()
+            };
+            for nbf in [None, Some("150"), Some("150.5")] {
+                let mut claims = serde_json::json!({"aud": "api", "exp": 200});
+                if let Some(nbf) = nbf {
+                    claims["nbf"] = serde_json::from_str(nbf).unwrap();
+                }
+                let Value::Object(claims) = claims else {
+                    unreachable!()
+                };
+                let window = ValidityWindow::of(&claims, &rules).expect("exp present");
+                for now in (0..=300).step_by(5).chain([119, 120, 121, 229, 230, 231]) {
+                    let full = check_claim_set(None, &claims, &rules, now).map(|_| ());
+                    assert_eq!(
+                        window.check(now),
+                        full,
+                        "now {now}, nbf {nbf:?}, leeway {leeway_secs}"
+                    );
+                }
+            }
+        }
+        let no_exp = serde_json::Map::new();
+        assert!(ValidityWindow::of(&no_exp, &rules()).is_none());
     }
 }

@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwapOption;
 use serde_json::{Map, Value};
 
 use crate::config::TokenCacheConfig;
@@ -24,6 +25,7 @@ use crate::jws::{self, Rejection};
 use crate::keys::{KeySet, Verifier};
 use crate::lock::lock;
 use crate::metrics::Metrics;
+use crate::policy::jwt::Authorized;
 
 /// Independent locks, so concurrent requests rarely wait on each other.
 const SHARDS: usize = 16;
@@ -36,6 +38,10 @@ pub struct VerifiedToken {
     pub verifier: Arc<Verifier>,
     pub typ: Option<String>,
     pub claims: Map<String, Value>,
+    /// The last `jwt:` policy's verdict on this token, for a cache hit to
+    /// reuse (re-checking only the time claims); see
+    /// [`crate::policy::jwt::Authorized`].
+    pub authorized: ArcSwapOption<Authorized>,
 }
 
 /// Shared by every snapshot; sized by the current config.
@@ -124,6 +130,7 @@ impl TokenCache {
             verifier,
             typ: parsed.typ,
             claims: parsed.claims,
+            authorized: ArcSwapOption::empty(),
         });
         if cacheable {
             let per_shard = max_entries.div_ceil(SHARDS);

@@ -166,3 +166,65 @@ async fn max_entries_zero_turns_the_cache_off() {
     assert_eq!(cache_counts(&gateway).await, (3, 0));
     assert!(gateway.running.runtime.token_cache.is_empty());
 }
+
+#[tokio::test]
+async fn a_remembered_verdict_is_reused_by_its_own_policy_alone() {
+    // A cached token remembers the last policy's verdict (its identity
+    // headers), and a hit on that policy re-checks only the time claims.
+    // Alternating routes with other rules and other header names must each
+    // get their own verdict, every time.
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&format!(
+        "listen: 127.0.0.1:0
+keys:
+  - {{kid: gw, alg: RS256, public_key: keys/gw.pub.pem}}
+routes:
+  - name: read
+    match: {{path_prefix: /read}}
+    upstream: {upstream}
+    policies: [{{jwt: {{audience: orders, scopes: [read]}}}}]
+  - name: named
+    match: {{path_prefix: /named}}
+    upstream: {upstream}
+    policies: [{{jwt: {{audience: orders, scopes: [read], inject: {{subject: x-user, scopes: x-granted}}}}}}]
+  - name: admin
+    match: {{path_prefix: /admin}}
+    upstream: {upstream}
+    policies: [{{jwt: {{audience: orders, scopes: [admin]}}}}]
+",
+        upstream = upstream.url()
+    ))
+    .await;
+    let token = gw_token(&claims(json!({"sub": "svc-7", "scope": "read write"})));
+    for round in 0..3 {
+        for path in [format!("/read/{round}"), format!("/read/{round}b")] {
+            assert_eq!(call(&gateway, &path, &token).await.status, 200, "{path}");
+        }
+        call(&gateway, "/admin/1", &token)
+            .await
+            .assert_error(403, "insufficient_scope");
+        for path in [format!("/named/{round}"), format!("/named/{round}b")] {
+            assert_eq!(call(&gateway, &path, &token).await.status, 200, "{path}");
+        }
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 12);
+    for request in &seen {
+        let named = request.target.starts_with("/named");
+        let (subject, scopes, absent) = if named {
+            ("x-user", "x-granted", ["x-auth-subject", "x-auth-scopes"])
+        } else {
+            ("x-auth-subject", "x-auth-scopes", ["x-user", "x-granted"])
+        };
+        let target = &request.target;
+        assert_eq!(header_values(request, subject), ["svc-7"], "{target}");
+        assert_eq!(header_values(request, scopes), ["read write"], "{target}");
+        for name in absent {
+            assert!(
+                header_values(request, name).is_empty(),
+                "{name} on {target}"
+            );
+        }
+    }
+    assert_eq!(cache_counts(&gateway).await, (1, 14));
+}

@@ -1,6 +1,9 @@
 //! `jwt:` — bearer-token enforcement (RFC 6750) with the pipeline of
 //! [`crate::jws`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -8,13 +11,35 @@ use serde_json::{Map, Value};
 use super::{PolicyInput, Verdict};
 use crate::config::JwtPolicyConfig;
 use crate::error::GatewayError;
-use crate::jws::{self, AuthFailure, ClaimRules, NoTrace, Rejection, Step, Trace};
+use crate::jws::{self, AuthFailure, ClaimRules, NoTrace, Rejection, Step, Trace, ValidityWindow};
 use crate::keys::KeySet;
 use crate::token::client_auth::is_valid_scope;
+
+/// A policy's verdict on one verified token, remembered with the token in
+/// the verified-token cache. Of everything [`JwtPolicy::apply`] decides,
+/// only the expiry and not-before checks depend on the time; the type,
+/// issuer, audience and scope checks and the identity headers depend on
+/// the claims and the policy alone. So a later request with the same token
+/// on the same policy re-checks the [`ValidityWindow`] and reuses the rest.
+#[derive(Debug)]
+pub struct Authorized {
+    /// [`JwtPolicy::id`] of the policy that decided: unique per compiled
+    /// policy, so a reload's new policy never reuses an old verdict.
+    policy: u64,
+    window: ValidityWindow,
+    inject: Vec<(HeaderName, HeaderValue)>,
+    subject: Option<String>,
+}
+
+/// The next [`JwtPolicy::id`].
+static NEXT_POLICY_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A compiled `jwt:` step.
 #[derive(Debug)]
 pub struct JwtPolicy {
+    /// Unique for the process's lifetime (never an address, which a
+    /// reload could hand to a new policy).
+    id: u64,
     rules: ClaimRules,
     required_scopes: Vec<String>,
     /// `required_scopes` space-joined, for the 403 challenge.
@@ -76,6 +101,7 @@ impl JwtPolicy {
             }
         }
         Ok(JwtPolicy {
+            id: NEXT_POLICY_ID.fetch_add(1, Ordering::Relaxed),
             rules: ClaimRules {
                 audiences,
                 issuer: config.issuer.clone(),
@@ -120,13 +146,38 @@ impl JwtPolicy {
             .token_cache
             .verify(token, input.keys, input.metrics)
             .map_err(GatewayError::InvalidToken)?;
+        if let Some(authorized) = &*verified.authorized.load() {
+            if authorized.policy == self.id {
+                authorized
+                    .window
+                    .check(input.now)
+                    .map_err(GatewayError::InvalidToken)?;
+                verdict.inject.extend(authorized.inject.iter().cloned());
+                verdict.forward_authorization |= self.forward_token;
+                verdict.subject.clone_from(&authorized.subject);
+                return Ok(());
+            }
+        }
+        let injected_before = verdict.inject.len();
         self.authorize(
             verified.typ.as_deref(),
             &verified.claims,
             input.now,
             verdict,
             &mut NoTrace,
-        )
+        )?;
+        // Remembered only on a token the cache holds (a fresh one is
+        // dropped after this request).
+        let cached = Arc::strong_count(&verified) > 1;
+        if let Some(window) = ValidityWindow::of(&verified.claims, &self.rules).filter(|_| cached) {
+            verified.authorized.store(Some(Arc::new(Authorized {
+                policy: self.id,
+                window,
+                inject: verdict.inject[injected_before..].to_vec(),
+                subject: verdict.subject.clone(),
+            })));
+        }
+        Ok(())
     }
 
     /// What [`JwtPolicy::apply`] would decide for these request headers,
