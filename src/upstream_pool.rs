@@ -204,7 +204,9 @@ impl Http1Pool {
     /// Takes a connection back after its response's end, if it can carry
     /// another request.
     fn checkin(&self, authority: &Authority, mut leased: Leased) {
-        if !leased.ready_for_next_request() {
+        // Usually the poll that read the body's end also made hyper ready
+        // for the next request; if not, one more poll may.
+        if !(leased.sender.is_ready() || leased.ready_for_next_request()) {
             return;
         }
         let now = Instant::now();
