@@ -43,6 +43,10 @@ routes:
     match: {{path_prefix: /billing}}
     upstream: {upstream}
     policies: [{{jwt: {{audience: billing}}}}]
+  - name: named
+    match: {{path_prefix: /named}}
+    upstream: {upstream}
+    policies: [{{jwt: {{audience: orders, scopes: [read], inject: {{subject: x-user, scopes: x-granted}}}}}}]
 "
     )
 }
@@ -174,27 +178,7 @@ async fn a_remembered_verdict_is_reused_by_its_own_policy_alone() {
     // Alternating routes with other rules and other header names must each
     // get their own verdict, every time.
     let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&format!(
-        "listen: 127.0.0.1:0
-keys:
-  - {{kid: gw, alg: RS256, public_key: keys/gw.pub.pem}}
-routes:
-  - name: read
-    match: {{path_prefix: /read}}
-    upstream: {upstream}
-    policies: [{{jwt: {{audience: orders, scopes: [read]}}}}]
-  - name: named
-    match: {{path_prefix: /named}}
-    upstream: {upstream}
-    policies: [{{jwt: {{audience: orders, scopes: [read], inject: {{subject: x-user, scopes: x-granted}}}}}}]
-  - name: admin
-    match: {{path_prefix: /admin}}
-    upstream: {upstream}
-    policies: [{{jwt: {{audience: orders, scopes: [admin]}}}}]
-",
-        upstream = upstream.url()
-    ))
-    .await;
+    let gateway = Gateway::start(&config(&upstream.url(), "")).await;
     let token = gw_token(&claims(json!({"sub": "svc-7", "scope": "read write"})));
     for round in 0..3 {
         for path in [format!("/read/{round}"), format!("/read/{round}b")] {
