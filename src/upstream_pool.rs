@@ -59,9 +59,28 @@ pub enum SendError {
 }
 
 /// The idle connections of one serving thread, by upstream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Http1Pool {
     idle: Mutex<IdleLists>,
+    limits: PoolLimits,
+}
+
+/// The pool's bounds (the constants above, smaller in tests).
+#[derive(Debug, Clone, Copy)]
+struct PoolLimits {
+    idle_timeout: Duration,
+    max_idle_per_upstream: usize,
+    sweep_every: Duration,
+}
+
+impl Default for Http1Pool {
+    fn default() -> Self {
+        Http1Pool::with_limits(PoolLimits {
+            idle_timeout: IDLE_TIMEOUT,
+            max_idle_per_upstream: MAX_IDLE_PER_UPSTREAM,
+            sweep_every: SWEEP_EVERY,
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +155,13 @@ impl Leased {
 }
 
 impl Http1Pool {
+    fn with_limits(limits: PoolLimits) -> Http1Pool {
+        Http1Pool {
+            idle: Mutex::default(),
+            limits,
+        }
+    }
+
     /// Sends `request` (origin-form URI, `Host` set) to the upstream at
     /// `authority`, on an idle connection if one is ready, else on a new
     /// one. A reused connection that turns out closed before the request
@@ -189,7 +215,7 @@ impl Http1Pool {
             .find(|list| list.authority == *authority)?;
         let now = Instant::now();
         while let Some((mut leased, since)) = list.connections.pop() {
-            if now.duration_since(since) > IDLE_TIMEOUT {
+            if now.duration_since(since) > self.limits.idle_timeout {
                 // The newest has expired, so have all the older ones.
                 list.connections.clear();
                 break;
@@ -213,12 +239,12 @@ impl Http1Pool {
         let mut idle = lock(&self.idle);
         if idle
             .last_sweep
-            .is_none_or(|last| now.duration_since(last) > SWEEP_EVERY)
+            .is_none_or(|last| now.duration_since(last) > self.limits.sweep_every)
         {
             idle.last_sweep = Some(now);
             for list in &mut idle.by_upstream {
                 list.connections
-                    .retain(|(_, since)| now.duration_since(*since) <= IDLE_TIMEOUT);
+                    .retain(|(_, since)| now.duration_since(*since) <= self.limits.idle_timeout);
             }
             idle.by_upstream.retain(|list| !list.connections.is_empty());
         }
@@ -236,7 +262,7 @@ impl Http1Pool {
                 idle.by_upstream.last_mut().expect("just pushed")
             }
         };
-        if list.connections.len() < MAX_IDLE_PER_UPSTREAM {
+        if list.connections.len() < self.limits.max_idle_per_upstream {
             list.connections.push((leased, now));
         }
     }
@@ -329,5 +355,117 @@ impl Drop for PooledBody {
         if self.body.is_end_stream() {
             self.release();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream answering every request `200 ok` on a kept-alive
+    /// connection, after `delay`; counts the connections it accepted.
+    async fn upstream(delay: Duration) -> (Authority, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..end + 4);
+                            tokio::time::sleep(delay).await;
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, accepted)
+    }
+
+    /// One GET through the pool, its body read to the end.
+    async fn get(pool: &Arc<Http1Pool>, authority: &Authority) {
+        let request = Request::builder()
+            .uri("/")
+            .header("host", authority.as_str())
+            .body(crate::body::full(""))
+            .unwrap();
+        let response = pool.send(authority, request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+    }
+
+    fn pool(idle_timeout_ms: u64, max_idle: usize, sweep_every_ms: u64) -> Arc<Http1Pool> {
+        Arc::new(Http1Pool::with_limits(PoolLimits {
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            max_idle_per_upstream: max_idle,
+            sweep_every: Duration::from_millis(sweep_every_ms),
+        }))
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_capped_per_upstream() {
+        // Six requests at once need six connections; two are kept.
+        let (authority, accepted) = upstream(Duration::from_millis(200)).await;
+        let pool = pool(60_000, 2, 10_000);
+        let requests: Vec<_> = (0..6)
+            .map(|_| {
+                let (pool, authority) = (pool.clone(), authority.clone());
+                tokio::spawn(async move { get(&pool, &authority).await })
+            })
+            .collect();
+        for request in requests {
+            request.await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
+        assert_eq!(pool.idle_connections(), 2);
+        // The kept ones are reused.
+        get(&pool, &authority).await;
+        get(&pool, &authority).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
+        assert_eq!(pool.idle_connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn expired_connections_are_closed_and_unused_upstreams_swept() {
+        let (first, first_accepted) = upstream(Duration::ZERO).await;
+        let (second, _) = upstream(Duration::ZERO).await;
+        let pool = pool(100, 8, 0);
+        get(&pool, &first).await;
+        get(&pool, &first).await;
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_connections(), 1);
+
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The expired connection is not reused: a new one is made.
+        get(&pool, &first).await;
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 2);
+
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A connection coming back sweeps every upstream's expired ones:
+        // only the second upstream's fresh connection is left.
+        get(&pool, &second).await;
+        assert_eq!(pool.idle_connections(), 1);
+        assert_eq!(lock(&pool.idle).by_upstream.len(), 1);
+        assert_eq!(lock(&pool.idle).by_upstream[0].authority, second);
     }
 }
