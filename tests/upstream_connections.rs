@@ -187,6 +187,15 @@ routes:
     .await
 }
 
+/// GETs `path` through the gateway and checks that the answer is the
+/// scripted upstream's `200` echoing this very path.
+async fn assert_echoed(gateway: &Gateway, path: &str) -> Answer {
+    let answer = get(&gateway.url(path), &[]).await;
+    assert_eq!(answer.status, 200, "{path}");
+    assert_eq!(answer.body, path);
+    answer
+}
+
 /// Waits (bounded) until `done` holds.
 async fn eventually(what: &str, done: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -216,12 +225,8 @@ async fn one_upstream_connection_carries_every_kind_of_answer_in_turn() {
     .await;
     let gateway = gateway_for(&upstream).await;
     for round in 0..3 {
-        let answer = get(&gateway.url(&format!("/first/{round}")), &[]).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.body, format!("/first/{round}"));
-        let answer = get(&gateway.url("/chunked"), &[]).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.body, "/chunked");
+        assert_echoed(&gateway, &format!("/first/{round}")).await;
+        assert_echoed(&gateway, "/chunked").await;
         let answer = get(&gateway.url("/empty"), &[]).await;
         assert_eq!(answer.status, 204);
         assert_eq!(answer.body, "");
@@ -277,9 +282,7 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     .await;
     let gateway = gateway_for(&upstream).await;
     for i in 0..4 {
-        let answer = get(&gateway.url(&format!("/later/{i}")), &[]).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.body, format!("/later/{i}"));
+        assert_echoed(&gateway, &format!("/later/{i}")).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(upstream.accepted(), 4);
@@ -297,9 +300,7 @@ async fn an_answer_with_connection_close_is_not_reused() {
     .await;
     let gateway = gateway_for(&upstream).await;
     for i in 0..3 {
-        let answer = get(&gateway.url(&format!("/once/{i}")), &[]).await;
-        assert_eq!(answer.status, 200);
-        assert_eq!(answer.body, format!("/once/{i}"));
+        let answer = assert_echoed(&gateway, &format!("/once/{i}")).await;
         assert_eq!(answer.header("connection"), None);
     }
     assert_eq!(upstream.accepted(), 3);
@@ -347,9 +348,7 @@ async fn a_response_abandoned_half_way_closes_its_upstream_connection() {
     })
     .await;
 
-    let answer = get(&gateway.url("/small"), &[]).await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.body, "/small");
+    assert_echoed(&gateway, "/small").await;
     assert_eq!(upstream.accepted(), 2);
 }
 
@@ -394,9 +393,7 @@ async fn an_upstream_that_answers_garbage_gives_502_and_the_next_request_a_new_c
         answer.json()["error_description"],
         "the upstream sent an invalid response"
     );
-    let answer = get(&gateway.url("/fine-again"), &[]).await;
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.body, "/fine-again");
+    assert_echoed(&gateway, "/fine-again").await;
     assert_eq!(
         upstream.accepted(),
         2,
