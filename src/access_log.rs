@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ pub struct AccessRecord {
     pub status: u16,
     pub started: Instant,
     pub upstream: Option<Duration>,
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     pub reason: Option<&'static str>,
     pub request_id: HeaderValue,
     pub peer: SocketAddr,

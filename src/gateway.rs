@@ -66,7 +66,7 @@ struct Exchange<'s> {
     /// The matched route's name, [`TOKEN_ROUTE`] or [`NO_ROUTE`].
     route: &'s str,
     /// The verified subject.
-    subject: Option<String>,
+    subject: Option<Arc<str>>,
     /// Sending upstream until its response headers (or failure).
     upstream: Option<Duration>,
 }

@@ -28,7 +28,7 @@ pub struct Authorized {
     policy: u64,
     window: ValidityWindow,
     inject: Vec<(HeaderName, HeaderValue)>,
-    subject: Option<String>,
+    subject: Option<Arc<str>>,
 }
 
 /// The next [`JwtPolicy::id`].
@@ -308,7 +308,7 @@ impl JwtPolicy {
             verdict.inject.push((header.clone(), value));
         }
         verdict.forward_authorization |= self.forward_token;
-        verdict.subject = identity.subject;
+        verdict.subject = identity.subject.map(Arc::from);
         Ok(())
     }
 

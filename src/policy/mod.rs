@@ -4,6 +4,8 @@
 
 pub mod jwt;
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::error::GatewayError;
@@ -39,8 +41,9 @@ pub struct Verdict {
     pub inject: Vec<(HeaderName, HeaderValue)>,
     /// `Authorization` is forwarded only when a policy asks for it.
     pub forward_authorization: bool,
-    /// The verified subject, for the access log.
-    pub subject: Option<String>,
+    /// The verified subject, for the access log (shared, not copied, from
+    /// a remembered verdict).
+    pub subject: Option<Arc<str>>,
 }
 
 impl Policy {
