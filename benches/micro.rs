@@ -1,17 +1,21 @@
 //! `cargo bench --bench micro`: criterion microbenchmarks of the request
 //! path's pieces — token verification through the verified-token cache (hit
-//! and miss), token signing, and routing.
+//! and miss), the `jwt:` policy on a cached token (with and without its
+//! remembered verdict), token signing, and routing.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::Method;
-use jwtgate::config::{ConfigSource, TokenCacheConfig};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, Method};
+use jwtgate::config::{ConfigSource, JwtPolicyConfig, TokenCacheConfig};
 use jwtgate::jws::{self, ClaimRules};
 use jwtgate::keys::remote::JwksRegistry;
 use jwtgate::keys::{local, Algorithm, KeySet};
 use jwtgate::metrics::Metrics;
+use jwtgate::policy::jwt::JwtPolicy;
+use jwtgate::policy::{PolicyInput, Verdict};
 use jwtgate::router;
 use jwtgate::runtime::GeneratedKeys;
 use jwtgate::snapshot::Snapshot;
@@ -74,6 +78,58 @@ fn verification(c: &mut Criterion) {
     }
 }
 
+/// The whole `jwt:` policy step on a cached token: bearer extraction,
+/// cache lookup, then either every claim check and the identity headers
+/// (the verdict forgotten before each call) or the remembered verdict with
+/// only `exp` and `nbf` re-checked.
+fn policy(c: &mut Criterion) {
+    let metrics = Metrics::new().expect("metrics");
+    let key = Arc::new(local::generate("k", Algorithm::Rs256).expect("key"));
+    let signer = key.signer.clone().expect("signer");
+    let mut keys = KeySet::default();
+    keys.insert(key).expect("key set");
+    let claims =
+        AccessClaims::new("svc", "orders", &["read".into()], None, NOW, 300, 120).expect("claims");
+    let token = mint::sign(&signer, &claims).expect("token");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let config: JwtPolicyConfig =
+        serde_yaml::from_str("{audience: orders, scopes: [read]}").expect("config");
+    let policy = JwtPolicy::build(&config).expect("policy");
+    let cache = TokenCache::new(&TokenCacheConfig::default());
+    let cached = cache.verify(&token, &keys, &metrics).expect("valid");
+    let input = PolicyInput {
+        headers: &headers,
+        keys: &keys,
+        now: NOW,
+        metrics: &metrics,
+        token_cache: &cache,
+        client_subject: None,
+    };
+    c.bench_function("policy/cached token, every claim check", |b| {
+        b.iter(|| {
+            cached.authorized.store(None);
+            let mut verdict = Verdict::default();
+            policy
+                .apply(black_box(&input), &mut verdict)
+                .expect("allowed");
+            verdict
+        })
+    });
+    c.bench_function("policy/cached token, remembered verdict", |b| {
+        b.iter(|| {
+            let mut verdict = Verdict::default();
+            policy
+                .apply(black_box(&input), &mut verdict)
+                .expect("allowed");
+            verdict
+        })
+    });
+}
+
 fn routing(c: &mut Criterion) {
     // 50 routes; the request matches the last one (the worst case of the
     // first-match scan).
@@ -105,5 +161,5 @@ fn routing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verification, routing);
+criterion_group!(benches, verification, policy, routing);
 criterion_main!(benches);
