@@ -95,10 +95,12 @@ struct IdleLists {
 struct IdleList {
     authority: Authority,
     /// Oldest first; checkout takes the newest.
-    connections: Vec<(Leased, Instant)>,
+    connections: Vec<(Box<Leased>, Instant)>,
 }
 
-/// A connection while a request uses it.
+/// A connection while a request uses it. Always boxed: it moves in and
+/// out of the pool, the request's future and the response body, and is
+/// about 700 bytes.
 struct Leased {
     sender: SendRequest<Body>,
     connection: Connection<UpstreamIo, Body>,
@@ -135,9 +137,9 @@ impl Leased {
     /// arrives. `Err(Ok(request))` hands the request back unsent (the
     /// connection closed before writing it), so it can go on another.
     async fn send(
-        mut self,
+        mut self: Box<Self>,
         request: Request<Body>,
-    ) -> Result<(Response<Incoming>, Leased), Result<Request<Body>, hyper::Error>> {
+    ) -> Result<(Response<Incoming>, Box<Leased>), Result<Request<Body>, hyper::Error>> {
         let mut response = pin!(self.sender.try_send_request(request));
         let result = poll_fn(|cx| {
             self.poll_connection(cx);
@@ -196,7 +198,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         authority: &Authority,
         response: Response<Incoming>,
-        leased: Leased,
+        leased: Box<Leased>,
     ) -> Response<PooledBody> {
         response.map(|body| PooledBody {
             body,
@@ -207,7 +209,7 @@ impl Http1Pool {
 
     /// The newest idle connection to `authority` that is ready for a
     /// request; closes the ones found expired or closed on the way.
-    fn checkout(&self, authority: &Authority) -> Option<Leased> {
+    fn checkout(&self, authority: &Authority) -> Option<Box<Leased>> {
         let mut idle = lock(&self.idle);
         let list = idle
             .by_upstream
@@ -229,7 +231,7 @@ impl Http1Pool {
 
     /// Takes a connection back after its response's end, if it can carry
     /// another request.
-    fn checkin(&self, authority: &Authority, mut leased: Leased) {
+    fn checkin(&self, authority: &Authority, mut leased: Box<Leased>) {
         // Usually the poll that read the body's end also made hyper ready
         // for the next request; if not, one more poll may.
         if !(leased.sender.is_ready() || leased.ready_for_next_request()) {
@@ -279,7 +281,7 @@ impl Http1Pool {
 
 /// A new connection to `authority` (name resolved by the system, as
 /// hyper-util's connector does), with Nagle off.
-async fn connect(authority: &Authority) -> Result<Leased, SendError> {
+async fn connect(authority: &Authority) -> Result<Box<Leased>, SendError> {
     // `[::1]` in an authority is `::1` to the resolver.
     let host = authority
         .host()
@@ -294,18 +296,18 @@ async fn connect(authority: &Authority) -> Result<Leased, SendError> {
         .handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Http)?;
-    Ok(Leased {
+    Ok(Box::new(Leased {
         sender,
         connection,
         ended: false,
-    })
+    }))
 }
 
 /// An upstream response body that drives its connection while it is read,
 /// and returns the connection to the pool at its end.
 pub struct PooledBody {
     body: Incoming,
-    leased: Option<Leased>,
+    leased: Option<Box<Leased>>,
     return_to: Option<(Arc<Http1Pool>, Authority)>,
 }
 
