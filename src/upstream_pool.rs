@@ -186,8 +186,8 @@ impl Http1Pool {
         match leased.send(request).await {
             Ok((response, leased)) => Ok(self.pooled_response(authority, response, leased)),
             Err(Err(error)) => Err(SendError::Http(error)),
-            // A new connection closed before it took the request: as if
-            // the upstream had reset it.
+            // A new connection closed before it took the request: the
+            // connection failed (`connect`), with a reset as its cause.
             Err(Ok(_unsent)) => Err(SendError::Connect(std::io::Error::from(
                 std::io::ErrorKind::ConnectionReset,
             ))),
@@ -202,8 +202,11 @@ impl Http1Pool {
     ) -> Response<PooledBody> {
         response.map(|body| PooledBody {
             body,
-            leased: Some(leased),
-            return_to: Some((self.clone(), authority.clone())),
+            lease: Some(Lease {
+                leased,
+                pool: self.clone(),
+                authority: authority.clone(),
+            }),
         })
     }
 
@@ -269,8 +272,9 @@ impl Http1Pool {
         }
     }
 
-    /// Idle connections in the pool, for tests.
-    pub fn idle_connections(&self) -> usize {
+    /// Idle connections in the pool.
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
         lock(&self.idle)
             .by_upstream
             .iter()
@@ -307,15 +311,22 @@ async fn connect(authority: &Authority) -> Result<Box<Leased>, SendError> {
 /// and returns the connection to the pool at its end.
 pub struct PooledBody {
     body: Incoming,
-    leased: Option<Box<Leased>>,
-    return_to: Option<(Arc<Http1Pool>, Authority)>,
+    /// Until the connection goes back to the pool (or is dropped with the
+    /// body).
+    lease: Option<Lease>,
+}
+
+/// A response body's connection and where it goes back to.
+struct Lease {
+    leased: Box<Leased>,
+    pool: Arc<Http1Pool>,
+    authority: Authority,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let (Some(leased), Some((pool, authority))) = (self.leased.take(), self.return_to.take())
-        {
-            pool.checkin(&authority, leased);
+        if let Some(lease) = self.lease.take() {
+            lease.pool.checkin(&lease.authority, lease.leased);
         }
     }
 }
@@ -329,9 +340,9 @@ impl http_body::Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        if let Some(leased) = &mut this.leased {
+        if let Some(lease) = &mut this.lease {
             // The connection reads the body into `body` only when polled.
-            leased.poll_connection(cx);
+            lease.leased.poll_connection(cx);
         }
         let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
         if frame.is_none() {

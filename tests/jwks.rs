@@ -8,10 +8,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{claims, generate, get, mint, Gateway, KeyPair, DEADLINE};
+use common::{claims, generate, get, mint, wait_until, Gateway, KeyPair, DEADLINE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -232,19 +232,6 @@ async fn metric(gateway: &Gateway, sample: &str) -> Option<f64> {
 
 fn refreshes(issuer: &str, result: &str) -> String {
     format!("jwtgate_jwks_refreshes_total{{issuer=\"{issuer}\",result=\"{result}\"}}")
-}
-
-/// Polls `condition` until it holds, for at most `limit`.
-async fn wait_until<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !condition().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,18 +196,6 @@ async fn assert_echoed(gateway: &Gateway, path: &str) -> Answer {
     answer
 }
 
-/// Waits (bounded) until `done` holds.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn one_upstream_connection_carries_every_kind_of_answer_in_turn() {
     // Content-Length, chunked, empty 204, HEAD and 304 answers, each with
@@ -343,9 +331,12 @@ async fn a_response_abandoned_half_way_closes_its_upstream_connection() {
         String::from_utf8_lossy(&head)
     );
     drop(client);
-    eventually("the upstream connection of /big to close", || {
-        upstream.closed_by_peer.load(Ordering::SeqCst) == 1
-    })
+    let upstream_ref = &upstream;
+    wait_until(
+        DEADLINE,
+        "the upstream connection of /big to close",
+        move || async move { upstream_ref.closed_by_peer.load(Ordering::SeqCst) == 1 },
+    )
     .await;
 
     assert_echoed(&gateway, "/small").await;
